@@ -1,0 +1,178 @@
+"""One candidate, end to end: distil, prune, fine-tune, quantize, materialize, measure.
+
+Accuracy, size and latency are all taken from the artifact itself, decoded from its bytes: the
+same bytes ``squeeze export`` writes, running the same integer arithmetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from squeeze.spaces import CompressionPlan, ModelFamily
+
+from ._artifact import Arch, decode, encode
+from ._compress import CompressSpec, channel_keep, weight_scales
+from ._latency import Latency, LatencySpec, measure
+from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
+from ._tasks import TaskData
+from ._train import TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss
+
+CALIBRATION_SAMPLES = 512
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The three objective values of one candidate and what backs them."""
+
+    accuracy: float
+    size_bytes: int
+    latency: Latency
+    artifact: bytes
+    sha256: str
+    plan: CompressionPlan
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        """Trial attributes: absolute figures, timings and the artifact digest."""
+        return {
+            "plan": self.plan.to_dict(),
+            "accuracy": self.accuracy,
+            "size_bytes": self.size_bytes,
+            "latency": self.latency.attrs(),
+            "artifact_sha256": self.sha256,
+            "timings_s": dict(self.timings),
+        }
+
+
+def teacher_artifact(
+    teacher: nn.Module, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData, card: Mapping[str, Any] | None = None
+) -> bytes:
+    """The teacher as an artifact: folded float, the same format as every candidate."""
+    arch = Arch(
+        family=family.name,
+        options=dict(options),
+        student={},
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        input_size=data.input_size,
+        channels=out_channels(teacher, family.prunable(teacher)),
+    )
+    return encode(fold_batchnorm(teacher), arch=arch, plan=CompressionPlan(), scales={}, activations={}, card=card)
+
+
+def evaluate_plan(
+    plan: CompressionPlan,
+    *,
+    teacher: nn.Module,
+    teacher_deployed: nn.Module,
+    family: ModelFamily,
+    options: Mapping[str, Any],
+    data: TaskData,
+    budget: TrainingBudget,
+    compress: CompressSpec,
+    latency: LatencySpec,
+    seed: int,
+    card: Mapping[str, Any] | None = None,
+    check: Callable[[str, nn.Module], None] | None = None,
+) -> Judged:
+    """Build, train, compress and materialize the candidate ``plan``; measure its three objectives.
+
+    ``teacher`` is the float teacher that students distil from; ``teacher_deployed`` is the
+    teacher's own artifact, decoded, which is what latency is compared against. ``check`` is
+    called after each stage with the stage's name and model (early stopping hooks in there).
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 4)
+        clock = now
+
+    torch.manual_seed(seed)
+    example = data.x_train[:1]
+    student = family.build(options, in_channels=data.in_channels, num_classes=data.num_classes, student=plan.student or None)
+    init_from_teacher(student, teacher)
+    distil(student, teacher, data.x_train, data.y_train, steps=budget.distill_steps, budget=budget, seed=seed)
+    lap("distil")
+    if check:
+        check("distil", student)
+
+    def step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher(xb)
+        return kd_loss(model(xb), t_logits, yb, budget=budget)
+
+    def stream():
+        return batches(data.x_train, data.y_train, batch_size=budget.batch_size, seed=seed + 1)
+
+    keep = channel_keep(
+        student, dict(plan.sparsity), method=compress.pruner, round_to=compress.round_channels,
+        step=step, data=stream, example=example,
+    )
+    remove_channels(student, keep, example=example)
+    lap("prune")
+    distil(student, teacher, data.x_train, data.y_train, steps=budget.finetune_steps, budget=budget,
+           seed=seed + 2, lr=budget.lr / 3, stage="fine-tune")
+    lap("finetune")
+
+    folded = fold_batchnorm(student)
+    scales = weight_scales(
+        folded, dict(plan.bits), method=compress.quantizer, steps=budget.qat_steps, step=step,
+        data=stream, lr=budget.lr / 10, example=example,
+    )
+    folded.eval()
+    lap("quantize")
+
+    gen = torch.Generator().manual_seed(seed + 3)
+    calib_idx = torch.randperm(len(data.x_train), generator=gen)[:CALIBRATION_SAMPLES]
+    activations = calibrate(folded, dict(plan.bits), scales, example=example, calibration=data.x_train[calib_idx])
+    arch = Arch(
+        family=family.name,
+        options=dict(options),
+        student={k: dict(v) for k, v in plan.student.items()},
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        input_size=data.input_size,
+        channels=out_channels(student, family.prunable(student)),
+    )
+    draft = encode(folded, arch=arch, plan=plan, scales=scales, activations=activations)
+    deployed = decode(draft).module
+    lap("materialize")
+
+    acc = accuracy(deployed, data.x_holdout, data.y_holdout)
+    lap("accuracy")
+    lat = measure(deployed, teacher_deployed, example, spec=latency)
+    lap("latency")
+
+    blob = encode(
+        folded, arch=arch, plan=plan, scales=scales, activations=activations,
+        card={
+            **(card or {}),
+            "accuracy": acc,
+            "latency_ratio": lat.ratio,
+            "latency_ms": lat.candidate_ms,
+            "latency_iqr": lat.ratio_iqr,
+            "threads": lat.threads,
+            "batch": lat.batch,
+            "cpu": lat.cpu,
+            "torch": lat.torch_version,
+        },
+    )
+    return Judged(
+        accuracy=acc,
+        size_bytes=len(blob),
+        latency=lat,
+        artifact=blob,
+        sha256=hashlib.sha256(blob).hexdigest(),
+        plan=plan,
+        timings=timings,
+    )

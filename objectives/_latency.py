@@ -1,0 +1,118 @@
+"""The latency protocol: teacher and candidate timed side by side, interleaved, in one process.
+
+The sampler sees the median of per-round ratios (candidate / teacher), not milliseconds: both
+models share the machine's state in each round, so the ratio cancels most of what a shared,
+noisy machine adds, and it is comparable across workers on different CPUs.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from squeeze.spaces import SqueezeError
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """How latency is measured; recorded with every trial."""
+
+    batch: int = 1
+    threads: int = 1
+    warmup: int = 5
+    repeats: int = 30
+    min_round_ms: float = 2.0
+
+    def __post_init__(self) -> None:
+        for key in ("batch", "threads", "repeats"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SqueezeError(f"`latency.{key}` must be a positive integer, but got {value!r}.")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise SqueezeError(f"`latency.warmup` must be a non-negative integer, but got {self.warmup!r}.")
+        if isinstance(self.min_round_ms, bool) or not isinstance(self.min_round_ms, (int, float)) or self.min_round_ms <= 0:
+            raise SqueezeError(f"`latency.min_round_ms` must be a positive number, but got {self.min_round_ms!r}.")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One side-by-side measurement."""
+
+    ratio: float
+    ratio_iqr: float
+    candidate_ms: float
+    teacher_ms: float
+    batch: int
+    threads: int
+    repeats: int
+    torch_version: str
+    cpu: str
+
+    def attrs(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where present)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _time(model: nn.Module, x: torch.Tensor, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        model(x)
+    return (time.perf_counter() - start) / inner
+
+
+@torch.inference_mode()
+def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, spec: LatencySpec) -> Latency:
+    """Median latency ratio of ``candidate`` to ``teacher`` and its interquartile range."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        x = example[:1].expand(spec.batch, *example.shape[1:]).contiguous()
+        candidate.eval()
+        teacher.eval()
+        for _ in range(spec.warmup):
+            candidate(x)
+            teacher(x)
+        # Each round times enough calls that timer resolution does not matter.
+        single = max(_time(teacher, x, 1), _time(candidate, x, 1), 1e-6)
+        inner = max(1, int(spec.min_round_ms / 1000 / single))
+        ratios, cand, teach = [], [], []
+        for r in range(spec.repeats):
+            if r % 2:
+                c = _time(candidate, x, inner)
+                t = _time(teacher, x, inner)
+            else:
+                t = _time(teacher, x, inner)
+                c = _time(candidate, x, inner)
+            cand.append(c)
+            teach.append(t)
+            ratios.append(c / t)
+        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+        return Latency(
+            ratio=statistics.median(ratios),
+            ratio_iqr=q[2] - q[0],
+            candidate_ms=statistics.median(cand) * 1000,
+            teacher_ms=statistics.median(teach) * 1000,
+            batch=spec.batch,
+            threads=spec.threads,
+            repeats=spec.repeats,
+            torch_version=torch.__version__,
+            cpu=cpu_model(),
+        )
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,168 @@
+"""From a trained, masked, calibrated model to the deployable one.
+
+Three steps, each real: pruned channels are physically removed (Torch-Pruning's dependency
+graph, so coupled layers follow their producer), batch norm is folded into the convolutions,
+and layers at 8 bits or fewer run on PyTorch's x86 int8 kernels through ``torch.ao`` FX, with
+the weight scales the NNI quantizer trained.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import torch
+import torch.fx.experimental.optimization as fx_opt
+from torch import fx, nn
+from torch.ao.quantization import QConfig, QConfigMapping
+from torch.ao.quantization.observer import MinMaxObserver, ObserverBase
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+ENGINE = "x86"
+ACT_QMIN, ACT_QMAX = 0, 127
+"""Activations are quint8 with a 7-bit range: x86's fbgemm kernels can overflow their 16-bit
+accumulators with the full range on CPUs without VNNI, and PyTorch's own x86 qconfig does the same."""
+
+
+def remove_channels(model: nn.Module, keep: Mapping[str, list[int]], *, example: torch.Tensor) -> nn.Module:
+    """Physically remove every output channel not in ``keep[layer]``, in place; returns the model."""
+    import torch_pruning as tp
+
+    if not keep:
+        return model
+    model.eval()
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    modules = dict(model.named_modules())
+    for name, kept in keep.items():
+        layer = modules[name]
+        total = layer.weight.shape[0]
+        drop = sorted(set(range(total)) - set(kept))
+        if not drop:
+            continue
+        if len(drop) >= total:
+            raise ValueError(f"layer {name} would lose every channel")
+        group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=drop)
+        group.prune()
+    return model
+
+
+def out_channels(model: nn.Module, layers: list[str]) -> dict[str, int]:
+    """The number of output channels of each named layer."""
+    modules = dict(model.named_modules())
+    return {name: int(modules[name].weight.shape[0]) for name in layers}
+
+
+def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
+    """A traced copy of ``model`` with every conv-BN pair folded into one conv with a bias."""
+    model.eval()
+    folded = fx_opt.fuse(model, inplace=False)
+    for module in folded.modules():
+        if isinstance(module, nn.Conv2d) and module.bias is None:
+            module.bias = nn.Parameter(torch.zeros(module.out_channels))
+    return folded
+
+
+class FixedWeightObserver(ObserverBase):
+    """Per-output-channel symmetric weight qparams fixed to the scales the NNI quantizer trained."""
+
+    def __init__(self, scale: torch.Tensor, bits: int, dtype: torch.dtype = torch.qint8, **kwargs) -> None:
+        super().__init__(dtype=dtype)
+        self.qscheme = torch.per_channel_symmetric
+        self.ch_axis = 0
+        self.quant_min = -(2 ** (bits - 1) - 1)
+        self.quant_max = 2 ** (bits - 1) - 1
+        self.register_buffer("scale", scale.detach().double().clone())
+        self.register_buffer("zero_point", torch.zeros(len(scale), dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.scale, self.zero_point
+
+
+class FixedActivationObserver(ObserverBase):
+    """Per-tensor affine activation qparams restored from an artifact."""
+
+    def __init__(self, scale: float, zero_point: int, dtype: torch.dtype = torch.quint8, **kwargs) -> None:
+        super().__init__(dtype=dtype)
+        self.qscheme = torch.per_tensor_affine
+        self.quant_min, self.quant_max = ACT_QMIN, ACT_QMAX
+        self.register_buffer("scale", torch.tensor([scale], dtype=torch.float))
+        self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.int))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.scale, self.zero_point
+
+
+def _qconfig_mapping(bits: Mapping[str, int], scales: Mapping[str, torch.Tensor]) -> QConfigMapping:
+    activation = MinMaxObserver.with_args(dtype=torch.quint8, quant_min=ACT_QMIN, quant_max=ACT_QMAX)
+    mapping = QConfigMapping().set_global(None)
+    for name, b in bits.items():
+        if b <= 8 and name in scales:
+            weight = FixedWeightObserver.with_args(scale=scales[name], bits=b)
+            mapping.set_module_name(name, QConfig(activation=activation, weight=weight))
+    return mapping
+
+
+def _prepare(folded: fx.GraphModule, bits: Mapping[str, int], scales: Mapping[str, torch.Tensor], example: torch.Tensor) -> fx.GraphModule:
+    torch.backends.quantized.engine = ENGINE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_fx(folded, _qconfig_mapping(bits, scales), example_inputs=(example,))
+
+
+def _observers(prepared: fx.GraphModule) -> list[str]:
+    return sorted(
+        (name for name, m in prepared.named_children() if isinstance(m, ObserverBase)),
+        key=lambda n: (len(n), n),
+    )
+
+
+@torch.no_grad()
+def calibrate(
+    folded: fx.GraphModule,
+    bits: Mapping[str, int],
+    scales: Mapping[str, torch.Tensor],
+    *,
+    example: torch.Tensor,
+    calibration: torch.Tensor,
+) -> dict[str, tuple[float, int]]:
+    """Activation qparams (scale, zero point) per observer, from training batches only."""
+    if not scales:
+        return {}
+    prepared = _prepare(folded, bits, scales, example)
+    prepared.eval()
+    for start in range(0, len(calibration), 256):
+        prepared(calibration[start : start + 256])
+    out = {}
+    for name in _observers(prepared):
+        scale, zp = getattr(prepared, name).calculate_qparams()
+        out[name] = (float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]))
+    return out
+
+
+def to_int8(
+    folded: fx.GraphModule,
+    bits: Mapping[str, int],
+    scales: Mapping[str, torch.Tensor],
+    activations: Mapping[str, tuple[float, int]],
+    *,
+    example: torch.Tensor,
+) -> nn.Module:
+    """Convert ``folded`` to a model whose low-bit layers run on int8 kernels, no data needed."""
+    if not scales:
+        return folded.eval()
+    prepared = _prepare(folded, bits, scales, example)
+    names = _observers(prepared)
+    if set(names) != set(activations):
+        raise ValueError("the artifact's activation scales do not match the rebuilt graph")
+    for name in names:
+        scale, zp = activations[name]
+        setattr(prepared, name, FixedActivationObserver(scale, zp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(prepared).eval()
