@@ -1,0 +1,34 @@
+"""How a plan is judged: tasks (data), training, compression, materialization and measurement."""
+
+from ._artifact import Arch, Loaded, decode, encode, load_artifact
+from ._compress import PRUNERS, QUANTIZERS, CompressSpec
+from ._evaluate import Judged, evaluate_plan, teacher_artifact
+from ._latency import Latency, LatencySpec, cpu_model, measure
+from ._tasks import TaskData, list_tasks, load_task, register_task
+from ._train import DivergedError, TrainingBudget, accuracy, train_teacher
+
+__all__ = [
+    "PRUNERS",
+    "QUANTIZERS",
+    "Arch",
+    "CompressSpec",
+    "DivergedError",
+    "Judged",
+    "Latency",
+    "LatencySpec",
+    "Loaded",
+    "TaskData",
+    "TrainingBudget",
+    "accuracy",
+    "cpu_model",
+    "decode",
+    "encode",
+    "evaluate_plan",
+    "list_tasks",
+    "load_artifact",
+    "load_task",
+    "measure",
+    "register_task",
+    "teacher_artifact",
+    "train_teacher",
+]

@@ -1,0 +1,273 @@
+"""The public verbs behind the command line: run, status, front, plot, export, studies.
+
+Every command of ``squeeze`` is one call here, so nothing the CLI does is impossible from Python.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from squeeze.objectives import decode, load_task
+from squeeze.spaces import JointSpace, SqueezeError, get_family
+
+from . import _storage as st
+from ._pareto import FrontData, HypervolumeSample, Teacher, front_data, hypervolume, pareto_front
+from ._plots import draw
+from ._spec import DEFAULT_STORAGE, StudySpec, load_spec
+from ._study import (
+    GRACE_S,
+    _study_exists,
+    Context,
+    WorkerReport,
+    connect,
+    enqueue_references,
+    ensure_teacher,
+    history,
+    network_objective,
+    points,
+    run_worker,
+    state_counts,
+    teacher_of,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which study a command means: a name at a storage URL (and its spec, when given a file)."""
+
+    name: str
+    url: str
+    spec: StudySpec | None = None
+
+
+def resolve(study: str, *, storage: str | None = None, overrides: Sequence[str] = (), trials: int | None = None,
+            data: str | None = None) -> Target:
+    """A study file (``*.toml``) or a study name; ``storage`` (or ``SQUEEZE_STORAGE``) overrides the URL."""
+    storage = st.resolve_url(storage) or None
+    if study.endswith(".toml") or Path(study).is_file():
+        spec = load_spec(study, overrides=overrides, storage=storage, trials=trials, data=data)
+        return Target(spec.study.name, spec.study.storage, spec)
+    return Target(study, storage or DEFAULT_STORAGE)
+
+
+def _load_data(spec: StudySpec):
+    return load_task(spec.task.dataset, options=spec.task.options, seed=spec.study.seed, holdout=spec.task.holdout,
+                     data_dir=spec.task.data)
+
+
+def run(
+    spec: StudySpec,
+    *,
+    worker: int = 0,
+    create: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+    on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial | None], None] | None = None,
+) -> WorkerReport:
+    """Create or resume ``spec``'s study and work on it until its budget is met.
+
+    Bad input is found before anything is written: the data is read and the storage reached first.
+    """
+    data = _load_data(spec)
+    ctx = connect(spec, create=create)
+    teacher = ensure_teacher(ctx, data, log=log)
+    family = get_family(spec.task.family)
+    space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
+    enqueue_references(ctx, space)
+    objective = network_objective(ctx, data=data, teacher=teacher)
+
+    report = run_worker(
+        ctx, _storing(ctx, objective), worker=worker, on_trial=on_trial,
+        teacher=Teacher(accuracy=teacher.accuracy, size_bytes=teacher.size_bytes, latency_ms=teacher.latency_ms),
+    )
+    return report
+
+
+def _storing(ctx: Context, objective):
+    """Wrap the objective so each completed trial's artifact bytes are kept for export."""
+
+    def run_trial(trial: optuna.Trial):
+        values, attrs = objective(trial)
+        blob = attrs.pop("_artifact", None)
+        if blob is not None:
+            st.store_artifact(ctx.engine, ctx.spec.study.name, trial.number, blob, attrs["artifact_sha256"])
+        return values, attrs
+
+    return run_trial
+
+
+def run_local_workers(spec_path: str, *, workers: int, storage: str | None, overrides: Sequence[str],
+                      trials: int | None, data: str | None) -> int:
+    """Start ``workers`` local ``squeeze worker`` processes on one study and wait for them."""
+    procs = []
+    for i in range(workers):
+        cmd = [sys.executable, "-m", "squeeze.search._cli", "worker", spec_path, "--worker-id", str(i)]
+        for o in overrides:
+            cmd += ["--set", o]
+        if trials is not None:
+            cmd += ["--trials", str(trials)]
+        if data:
+            cmd += ["--data", data]
+        env = dict(os.environ)
+        if storage:
+            env[st.STORAGE_ENV] = storage  # keeps a password off the process list
+        procs.append(subprocess.Popen(cmd, env=env))
+        time.sleep(0.5)
+    codes = [p.wait() for p in procs]
+    return max(codes) if codes else 0
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    url: str
+    counts: dict[str, int]
+    budget: int | None
+    retries: int
+    live_workers: int
+    front_size: int
+    hypervolume: float | None
+    teacher: Teacher | None
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _open(target: Target) -> tuple[optuna.Study, Any]:
+    parsed = st.parse_url(target.url)
+    missing = SqueezeError(f"study {target.name!r} does not exist in {st.safe_url(target.url)!r}.")
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        raise missing
+    engine = st.engine_for(target.url)
+    if not _study_exists(target.url, target.name):
+        raise missing
+    return optuna.load_study(study_name=target.name, storage=target.url), engine
+
+
+def status(target: Target) -> Status:
+    """Trials by state, retries, live workers (recent heartbeats), front size and hypervolume."""
+    study, engine = _open(target)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    retries = sum(1 for t in trials if "failed_trial" in t.system_attrs)
+    live = _live_workers(engine, target.name)
+    teacher = teacher_of(study)
+    pts = points(study)
+    front = pareto_front(pts)
+    hv = hypervolume(pts, teacher=teacher) if teacher and pts else None
+    stored = st.load_config(engine, target.name) if "squeeze_studies" in _tables(engine) else None
+    budget = target.spec.study.trials if target.spec else (stored or {}).get("study", {}).get("trials")
+    errors = [(t.number, str(t.user_attrs.get("error", ""))) for t in trials if t.state == TrialState.FAIL][-5:]
+    return Status(target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors)
+
+
+def _tables(engine) -> list[str]:
+    import sqlalchemy as sa
+
+    return sa.inspect(engine).get_table_names()
+
+
+def _live_workers(engine, name: str) -> int:
+    import sqlalchemy as sa
+
+    if "trial_heartbeats" not in _tables(engine):
+        return 0
+    cutoff = st.now().timestamp() - GRACE_S
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT h.heartbeat FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
+            "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :n AND t.state = 'RUNNING'"
+        ), {"n": name}).all()
+    return sum(1 for (beat,) in rows if beat is not None and _ts(beat) >= cutoff)
+
+
+def _ts(value: Any) -> float:
+    import datetime as dt
+
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=None).timestamp()
+
+
+def front(target: Target, *, include_infeasible: bool = False) -> FrontData:
+    """The study's points, its feasible front, the teacher and the hypervolume history."""
+    study, engine = _open(target)
+    teacher = teacher_of(study)
+    if teacher is None:
+        raise SqueezeError(f"study {target.name!r} has no teacher yet; run it first.")
+    pts = points(study)
+    hist = tuple(HypervolumeSample(trials=c, hypervolume=h, elapsed_s=e) for c, h, e in history(engine, target.name))
+    data = front_data(pts, teacher=teacher, history=hist)
+    return data
+
+
+def plot(target: Target, out_dir: str | Path) -> list[Path]:
+    """Draw the study's projections, 3-D front and hypervolume plots (PNG and SVG)."""
+    return draw(front(target), out_dir)
+
+
+def list_studies(url: str) -> list[tuple[str, int, int]]:
+    """(name, completed trials, all trials) of every study at ``url``."""
+    st.parse_url(url)
+    st.engine_for(url)
+    out = []
+    for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        out.append((summary.study_name, done, summary.n_trials))
+    return out
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def export_trial(target: Target, number: int, out: str | Path) -> Path:
+    """Write trial ``number``'s artifact to ``out``; the bytes its size was measured on."""
+    study, engine = _open(target)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise SqueezeError(f"trial {number} does not exist in study {target.name!r} (it has trials 0 to {len(trials) - 1}).")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise SqueezeError(f"trial {number} of study {target.name!r} is {trial.state.name}; only COMPLETE trials can be exported.")
+    row = st.get_artifact(engine, target.name, number)
+    if row is None:
+        raise SqueezeError(f"trial {number} of study {target.name!r} has no stored artifact.")
+    decode(row.data, source=f"trial {number}")
+    return _write(Path(out), row.data)
+
+
+def export_front(target: Target, out_dir: str | Path) -> list[Path]:
+    """Write every front member's artifact into ``out_dir`` as ``trial-<N>.squeeze``."""
+    data = front(target)
+    folder = Path(out_dir)
+    paths = []
+    for p in data.front:
+        name = _SAFE_NAME.sub("_", f"trial-{p.number}.squeeze")
+        dest = (folder / name).resolve()
+        if folder.resolve() not in dest.parents:
+            raise SqueezeError(f"export path {dest} escapes the folder {folder}.")
+        paths.append(export_trial(target, p.number, dest))
+    return paths
+
+
+def _write(path: Path, blob: bytes) -> Path:
+    """Write atomically: a temporary file beside ``path``, then a rename, so nothing is half-written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SqueezeError(f"cannot write `{path}`: {exc.strerror or exc}.") from None
+    return path

@@ -1,0 +1,275 @@
+"""``squeeze``: a thin command line over :mod:`squeeze.search`'s public verbs.
+
+Bad input ends in one sentence on stderr and exit status 2, without a traceback (``--debug``
+shows it). Long work shows a progress bar.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from squeeze.spaces import SqueezeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress neural networks by joint search over pruning, quantization and distillation.")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+_state = {"debug": False}
+
+StudyArg = Annotated[str, typer.Argument(help="A study file (TOML) or a study name.")]
+StorageOpt = Annotated[Optional[str], typer.Option("--storage", help="Storage URL (else $SQUEEZE_STORAGE, else the study file's).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a study-file key: KEY=VALUE, dotted as in the file.")]
+TrialsOpt = Annotated[Optional[int], typer.Option("--trials", help="Override study.trials (the global budget of completed trials).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="Override task.data (a local data folder).")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    _state["debug"] = debug
+
+
+
+def _target(study: str, storage: str | None, overrides: list[str] | None = None, trials: int | None = None,
+            data: str | None = None):
+    from . import _api
+
+    return _api.resolve(study, storage=storage, overrides=overrides or (), trials=trials, data=data)
+
+
+def _mask(text: str, url: str | None) -> str:
+    from . import _storage as st
+
+    return text.replace(url, st.safe_url(url)) if url else text
+
+
+@app.command()
+def run(study: StudyArg, trials: TrialsOpt = None, storage: StorageOpt = None, set_: SetOpt = None,
+        data: DataOpt = None,
+        workers: Annotated[int, typer.Option("--workers", min=1, help="Local worker processes.")] = 1) -> None:
+    """Create or resume a study and run it until its budget of completed trials is met."""
+    from . import _api
+    from . import _storage as st
+
+    target = _target(study, storage, set_, trials, data)
+    if target.spec is None:
+        raise SqueezeError(f"`squeeze run` needs a study file (*.toml), but got {study!r}.")
+    spec = target.spec
+    if workers > 1:
+        if st.is_sqlite(spec.study.storage):
+            raise SqueezeError(
+                "several workers need a database server: SQLite allows one writer at a time, so use "
+                "`--storage postgresql+psycopg://...` (or $SQUEEZE_STORAGE) with --workers above 1."
+            )
+        from . import _study
+
+        _study.connect(spec, create=True)
+        code = _api.run_local_workers(study, workers=workers, storage=storage, overrides=set_ or (),
+                                      trials=trials, data=data)
+        raise typer.Exit(code)
+    _work(spec, worker=0, create=True)
+
+
+@app.command()
+def worker(study: StudyArg, trials: TrialsOpt = None, storage: StorageOpt = None, set_: SetOpt = None,
+           data: DataOpt = None,
+           worker_id: Annotated[int, typer.Option("--worker-id", min=0, help="Seeds this worker's sampler.")] = 0) -> None:
+    """Join an existing study from any machine and work on it until its budget is met."""
+    target = _target(study, storage, set_, trials, data)
+    if target.spec is None:
+        raise SqueezeError(f"`squeeze worker` needs the study file (*.toml), but got {study!r}.")
+    _work(target.spec, worker=worker_id, create=False)
+
+
+def _work(spec, *, worker: int, create: bool) -> None:
+    from . import _api
+    from . import _storage as st
+
+    err.print(f"study [bold]{spec.study.name}[/bold] at {st.safe_url(spec.study.storage)}", highlight=False)
+    budget = spec.study.trials
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[last]}"), console=err, transient=False) as bar:
+        task = bar.add_task("trials", total=budget, last="")
+
+        def on_trial(counts, frozen) -> None:
+            last = ""
+            if frozen is not None and frozen.values:
+                acc, size, lat = frozen.values
+                last = f"#{frozen.number}: acc {acc:.3f}  {size / 1024:.1f} KB  latency x{lat:.2f}"
+            elif frozen is not None:
+                last = f"#{frozen.number}: failed ({str(frozen.user_attrs.get('error', ''))[:60]})"
+            bar.update(task, completed=counts["COMPLETE"], last=last)
+
+        def log(message: str) -> None:
+            bar.console.print(message, highlight=False)
+
+        report = _api.run(spec, worker=worker, create=create, log=log, on_trial=on_trial)
+        bar.update(task, completed=report.budget_completed)
+    if report.interrupted:
+        err.print(f"interrupted: {report.budget_completed}/{budget} trials complete; run the same command to resume.")
+    else:
+        err.print(f"done: {report.budget_completed}/{budget} trials complete ({report.failed} failed here).")
+
+
+@app.command()
+def status(study: StudyArg, storage: StorageOpt = None) -> None:
+    """Trials by state, live workers, retries, front size and hypervolume."""
+    from . import _api
+
+    s = _api.status(_target(study, storage))
+    table = Table(title=f"study {s.name}  ({s.url})")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for state, count in s.counts.items():
+        table.add_row(f"trials {state.lower()}", str(count))
+    table.add_row("budget (completed)", str(s.budget) if s.budget is not None else "?")
+    table.add_row("retried trials", str(s.retries))
+    table.add_row("live workers", str(s.live_workers))
+    table.add_row("front size", str(s.front_size))
+    table.add_row("hypervolume", f"{s.hypervolume:.4f}" if s.hypervolume is not None else "-")
+    if s.teacher:
+        table.add_row("teacher", f"acc {s.teacher.accuracy:.4f}, {s.teacher.size_bytes / 1024:.1f} KB, "
+                      f"{(s.teacher.latency_ms or 0):.3f} ms")
+    out.print(table)
+    for number, error in s.errors:
+        out.print(f"trial {number} failed: {error}", highlight=False)
+
+
+@app.command()
+def pareto(study: StudyArg, storage: StorageOpt = None,
+           all_: Annotated[bool, typer.Option("--all", help="Show every completed trial, marking the front.")] = False) -> None:
+    """Print the Pareto front: accuracy, size, latency, mean bits and sparsity, student."""
+    from . import _api
+
+    data = _api.front(_target(study, storage))
+    front_numbers = {p.number for p in data.front}
+    rows = sorted(data.points, key=lambda p: p.size_bytes) if all_ else data.front
+    t = data.teacher
+    table = Table(title=f"Pareto front ({len(data.front)} of {len(data.points)} trials); teacher: acc "
+                        f"{t.accuracy:.4f}, {t.size_bytes / 1024:.1f} KB, {(t.latency_ms or 0):.3f} ms")
+    for col in ("trial", "accuracy", "size KB", "latency ratio", "latency ms", "mean bits", "mean sparsity", "student", "note"):
+        table.add_column(col, justify="right" if col not in ("student", "note") else "left")
+    for p in rows:
+        notes = []
+        if all_ and p.number in front_numbers:
+            notes.append("front")
+        if not p.feasible:
+            notes.append("infeasible")
+        if p.reference:
+            notes.append("uniform reference")
+        table.add_row(str(p.number), f"{p.accuracy:.4f}", f"{p.size_bytes / 1024:.2f}", f"{p.latency_ratio:.3f}",
+                      f"{p.latency_ms:.3f}" if p.latency_ms is not None else "-",
+                      f"{p.mean_bits:.1f}" if p.mean_bits is not None else "-",
+                      f"{p.mean_sparsity:.2f}" if p.mean_sparsity is not None else "-", p.student, ", ".join(notes))
+    out.print(table)
+
+
+@app.command()
+def plot(study: StudyArg, storage: StorageOpt = None,
+         out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder for the figures.")] = Path("studies/plots")) -> None:
+    """Draw the pairwise projections, a 3-D view and hypervolume over trials (PNG and SVG)."""
+    from . import _api
+
+    for path in _api.plot(_target(study, storage), out_dir):
+        out.print(str(path), highlight=False)
+
+
+@app.command()
+def export(study: StudyArg, storage: StorageOpt = None,
+           trial: Annotated[Optional[int], typer.Option("--trial", help="The trial number to export.")] = None,
+           front_: Annotated[bool, typer.Option("--front", help="Export every front member.")] = False,
+           output: Annotated[Optional[Path], typer.Option("-o", "--output", help="A file (--trial) or a folder (--front).")] = None) -> None:
+    """Write deployable artifacts: one trial to a file, or the whole front to a folder."""
+    from . import _api
+
+    if (trial is None) == (not front_):
+        raise SqueezeError("`squeeze export` takes exactly one of --trial N or --front.")
+    if output is None:
+        raise SqueezeError("`squeeze export` needs -o: a file for --trial, a folder for --front.")
+    target = _target(study, storage)
+    paths = [_api.export_trial(target, trial, output)] if trial is not None else _api.export_front(target, output)
+    for path in paths:
+        out.print(str(path), highlight=False)
+
+
+@app.command()
+def studies(storage: StorageOpt = None) -> None:
+    """List the studies in a storage."""
+    from . import _api
+    from . import _storage as st
+    from ._spec import DEFAULT_STORAGE
+
+    url = st.resolve_url(storage) or DEFAULT_STORAGE
+    table = Table(title=f"studies in {st.safe_url(url)}")
+    table.add_column("study")
+    table.add_column("completed", justify="right")
+    table.add_column("trials", justify="right")
+    for name, done, total in _api.list_studies(url):
+        table.add_row(name, str(done), str(total))
+    out.print(table)
+
+
+@app.command(name="list")
+def list_() -> None:
+    """The registered tasks, model families, pruners, quantizers and samplers."""
+    from squeeze.objectives import PRUNERS, QUANTIZERS, list_tasks
+    from squeeze.spaces import list_families
+
+    from ._spec import SAMPLERS
+
+    for title, names in (("tasks", list_tasks()), ("families", list_families()), ("pruners", PRUNERS),
+                         ("quantizers", QUANTIZERS), ("samplers", SAMPLERS)):
+        out.print(f"{title}: {', '.join(names)}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, standalone_mode=False)
+    except SqueezeError as exc:
+        if debug:
+            raise
+        _print_error(str(exc))
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted.")
+        return 130
+    except typer.Abort:
+        return 130
+    except typer.TyperException as exc:  # usage errors: a bad flag, a missing argument
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            _print_error(str(exc))
+        return int(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # noqa: BLE001
+        if debug:
+            raise
+        _print_error(f"unexpected {type(exc).__name__}: {_redact(str(exc))} (rerun with --debug for the traceback).")
+        return 1
+    return 0
+
+
+def _redact(text: str) -> str:
+    import re
+
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+def _print_error(message: str) -> None:
+    err.print(f"error: {_redact(message)}", highlight=False, markup=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

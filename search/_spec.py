@@ -1,0 +1,278 @@
+"""Study files: TOML in, a validated frozen :class:`StudySpec` out.
+
+Validation happens once, here, at the edge: every later part may trust the spec. Every error is
+one sentence that names the key (dotted as in the file) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from squeeze.objectives import CompressSpec, LatencySpec, TrainingBudget, list_tasks
+from squeeze.spaces import SpaceSpec, SparsityRange, SqueezeError, get_family
+
+DEFAULT_STORAGE = "sqlite:///studies/squeeze.db"
+SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "gp", "random")
+OBJECTIVES = ("accuracy", "size", "latency")
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """``[study]``: identity, storage, budget and sampling."""
+
+    name: str
+    storage: str = DEFAULT_STORAGE
+    trials: int = 40
+    sampler: str = "auto"
+    seed: int = 0
+    snapshot_every: int = 5
+    references: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise SqueezeError(f"`study.name` must be a non-empty string, but got {self.name!r}.")
+        if not isinstance(self.storage, str) or not self.storage:
+            raise SqueezeError(f"`study.storage` must be a database URL string, but got {self.storage!r}.")
+        _positive_int("study.trials", self.trials)
+        _positive_int("study.snapshot_every", self.snapshot_every)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise SqueezeError(f"`study.seed` must be a non-negative integer, but got {self.seed!r}.")
+        if self.sampler not in SAMPLERS:
+            raise SqueezeError(f"`study.sampler` must be one of {list(SAMPLERS)}, but got {self.sampler!r}.")
+        if not isinstance(self.references, bool):
+            raise SqueezeError(f"`study.references` must be true or false, but got {self.references!r}.")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """``[task]``: the data set, where it lies, the held-out fraction and the teacher family."""
+
+    dataset: str = "digits"
+    family: str = "cnn"
+    data: str | None = None
+    holdout: float = 0.3
+    options: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in list_tasks():
+            raise SqueezeError(f"`task.dataset` must be one of {list_tasks()}, but got {self.dataset!r}.")
+        if self.data is not None and not isinstance(self.data, str):
+            raise SqueezeError(f"`task.data` must be a folder path string, but got {self.data!r}.")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not 0 < self.holdout < 1:
+            raise SqueezeError(f"`task.holdout` must be a number in (0, 1), but got {self.holdout!r}.")
+        model = get_family(self.family).check_options(dict(self.model))
+        object.__setattr__(self, "model", model)
+
+
+@dataclass(frozen=True)
+class ObjectivesSpec:
+    """``[objectives]``: the three objectives, in order, and optional budgets on them."""
+
+    names: tuple[str, ...] = OBJECTIVES
+    max_size_kb: float | None = None
+    max_latency_ratio: float | None = None
+    min_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        if tuple(self.names) != OBJECTIVES:
+            raise SqueezeError(
+                f"`objectives.names` must be {list(OBJECTIVES)} (in that order), but got {list(self.names)!r}."
+            )
+        for key in ("max_size_kb", "max_latency_ratio"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise SqueezeError(f"`objectives.{key}` must be a positive number, but got {value!r}.")
+        if self.min_accuracy is not None and (
+            isinstance(self.min_accuracy, bool) or not isinstance(self.min_accuracy, (int, float)) or not 0 <= self.min_accuracy <= 1
+        ):
+            raise SqueezeError(f"`objectives.min_accuracy` must be a number in [0, 1], but got {self.min_accuracy!r}.")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study file, validated."""
+
+    study: StudyOptions
+    task: TaskSpec
+    space: SpaceSpec
+    objectives: ObjectivesSpec
+    training: TrainingBudget
+    compress: CompressSpec
+    latency: LatencySpec
+    source: str = "<string>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready), the form stored with the study."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "source":
+                continue
+            value = dataclasses.asdict(getattr(self, f.name))
+            out[f.name] = json.loads(json.dumps(value, default=_jsonable))
+        return out
+
+    def comparable(self) -> dict[str, Any]:
+        """The parts a resumed study must not change: everything but ``[study]`` and the data folder."""
+        d = self.to_dict()
+        d.pop("study")
+        d["task"].pop("data", None)
+        return d
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(type(value).__name__)
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SqueezeError(f"`{key}` must be a positive integer, but got {value!r}.")
+
+
+_SECTIONS: dict[str, type] = {
+    "study": StudyOptions,
+    "task": TaskSpec,
+    "space": SpaceSpec,
+    "objectives": ObjectivesSpec,
+    "training": TrainingBudget,
+    "compress": CompressSpec,
+    "latency": LatencySpec,
+}
+_FREE_TABLES = {("task", "options"), ("task", "model")}
+
+
+def _build(section: str, cls: type, table: Any, source: str) -> Any:
+    if not isinstance(table, dict):
+        raise SqueezeError(f"`{section}` in {source} must be a table, but got {type(table).__name__}.")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in allowed:
+            raise SqueezeError(
+                f"unknown key `{section}.{key}` in {source}; `{section}` takes {sorted(allowed)}."
+            )
+    kwargs = dict(table)
+    for key, value in kwargs.items():
+        if (section, key) in _FREE_TABLES:
+            if not isinstance(value, dict):
+                raise SqueezeError(f"`{section}.{key}` in {source} must be a table, but got {value!r}.")
+            continue
+        if isinstance(value, dict) and not (section == "space" and key == "sparsity"):
+            raise SqueezeError(f"`{section}.{key}` in {source} must be a value, but got a table.")
+    if section == "space":
+        kwargs = _space_kwargs(kwargs)
+    if section == "objectives" and "names" in kwargs:
+        if not isinstance(kwargs["names"], list):
+            raise SqueezeError(f"`objectives.names` must be a list, but got {kwargs['names']!r}.")
+        kwargs["names"] = tuple(kwargs["names"])
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise SqueezeError(f"`{section}` in {source} is malformed: {exc}.") from None
+
+
+def _space_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = dict(kwargs)
+    sparsity = out.get("sparsity")
+    if isinstance(sparsity, dict):
+        unknown = set(sparsity) - {"low", "high", "step"}
+        if unknown or not {"low", "high"} <= set(sparsity):
+            raise SqueezeError(
+                f"`space.sparsity` as a range takes keys low, high and optional step, but got {sorted(sparsity)}."
+            )
+        for k, v in sparsity.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SqueezeError(f"`space.sparsity.{k}` must be a number, but got {v!r}.")
+        out["sparsity"] = SparsityRange(float(sparsity["low"]), float(sparsity["high"]), sparsity.get("step"))
+    elif sparsity is not None:
+        out["sparsity"] = _as_tuple("space.sparsity", sparsity)
+    for key in ("bits", "width"):
+        if key in out:
+            out[key] = _as_tuple(f"space.{key}", out[key])
+    for key in ("depth", "prune", "quantize"):
+        if key in out and not isinstance(out[key], bool):
+            raise SqueezeError(f"`space.{key}` must be true or false, but got {out[key]!r}.")
+    return out
+
+
+def _as_tuple(key: str, value: Any) -> tuple:
+    if not isinstance(value, list):
+        raise SqueezeError(f"`{key}` must be a list of choices, but got {value!r}.")
+    return tuple(value)
+
+
+def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise SqueezeError(f"`--set {dotted}=...` needs a dotted key such as `study.trials`, but got `{dotted}`.")
+    node = doc
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SqueezeError(f"`--set {dotted}`: `{part}` is a value, not a table.")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line; VALUE is read as TOML, else taken as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SqueezeError(f"`--set` takes KEY=VALUE (for example study.trials=20), but got {text!r}.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def spec_from_dict(doc: Mapping[str, Any], *, source: str = "<string>") -> StudySpec:
+    """Validate a parsed study document."""
+    unknown = set(doc) - set(_SECTIONS)
+    if unknown:
+        raise SqueezeError(
+            f"unknown table `{sorted(unknown)[0]}` in {source}; a study file has {sorted(_SECTIONS)}."
+        )
+    if "study" not in doc or "name" not in doc.get("study", {}):
+        raise SqueezeError(f"`study.name` is missing in {source}; every study needs a name.")
+    built = {section: _build(section, cls, doc.get(section, {}), source) for section, cls in _SECTIONS.items()}
+    return StudySpec(**built, source=source)
+
+
+def load_spec(
+    path: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    trials: int | None = None,
+    storage: str | None = None,
+    data: str | None = None,
+) -> StudySpec:
+    """Read, override and validate a study file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SqueezeError(f"study file `{p}` does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SqueezeError(f"study file `{p}` cannot be read: {exc}.") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SqueezeError(f"study file `{p}` is not valid TOML: {exc}.") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(doc, key, value)
+    if trials is not None:
+        _set_dotted(doc, "study.trials", trials)
+    if storage:
+        _set_dotted(doc, "study.storage", storage)
+    if data:
+        _set_dotted(doc, "task.data", data)
+    return spec_from_dict(doc, source=str(p))

@@ -1,0 +1,485 @@
+"""A study's life: create or resume, train the teacher once, run trials, keep the front.
+
+Workers use Optuna's ask-and-tell interface rather than ``study.optimize`` so that the global
+budget can be reserved under a lock: a trial starts only while completed + running trials are
+below the budget, which makes the final count exact however many workers share the study.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from squeeze.objectives import (
+    LatencySpec,
+    TaskData,
+    accuracy,
+    decode,
+    evaluate_plan,
+    load_task,
+    measure,
+    teacher_artifact,
+    train_teacher,
+)
+from squeeze.spaces import JointSpace, SqueezeError, get_family
+
+from . import _storage as st
+from ._pareto import Point, Teacher, front_data, hypervolume, pareto_front
+from ._spec import StudySpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# We drive heartbeats ourselves around ask-and-tell (see _TrialHeartbeat), which Optuna warns about.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+DIRECTIONS = ["maximize", "minimize", "minimize"]
+HEARTBEAT_S = 5
+GRACE_S = 20
+REFERENCE_GRID = ((8, 0.0), (4, 0.0), (8, 0.5), (4, 0.5))
+"""Uniform policies a person would try first: (bits, sparsity) for every layer, full width."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while a trial was running."""
+
+
+def _optuna_storage(url: str) -> RDBStorage:
+    st.ensure_sqlite_folder(url)
+    return RDBStorage(
+        url,
+        engine_kwargs={"pool_pre_ping": True} | ({"connect_args": {"timeout": 60}} if st.is_sqlite(url) else {}),
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+    )
+
+
+def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The sampler registered as ``name``.
+
+    ``auto`` is multi-objective TPE with the constant liar (so parallel workers spread out): it
+    handles the categorical joint space and costs milliseconds per trial at our budgets.
+    """
+    startup = max(5, min(20, trials // 4))
+    population = max(8, min(50, trials // 4))
+    if name in ("auto", "tpe"):
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True,
+                                          warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SqueezeError(f"`study.sampler` must be one of auto, tpe, nsga2, nsga3, gp, random, but got {name!r}.")
+
+
+def worker_seed(seed: int, worker: int) -> int:
+    """Each worker samples with its own seed, derived from the study's seed and the worker id."""
+    return seed * 1_000_003 + worker * 7_919
+
+
+@dataclass
+class Context:
+    """Everything a worker holds for one study."""
+
+    spec: StudySpec
+    url: str
+    engine: sa.Engine
+    storage: RDBStorage
+    study: optuna.Study
+
+
+def _diff(stored: Any, current: Any, prefix: str = "") -> str | None:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in sorted(set(stored) | set(current)):
+            found = _diff(stored.get(key), current.get(key), f"{prefix}.{key}" if prefix else key)
+            if found:
+                return found
+        return None
+    return None if stored == current else f"`{prefix}` is {stored!r} in the stored study but {current!r} in the file"
+
+
+def connect(spec: StudySpec, *, create: bool) -> Context:
+    """Open (and, if ``create``, create) the study named in ``spec`` at its storage.
+
+    Nothing is written when the storage is unreachable, when the study is missing and
+    ``create`` is false, or when a stored study's config differs from ``spec``.
+    """
+    url = spec.study.storage
+    st.parse_url(url)
+    st.ensure_sqlite_folder(url)
+    engine = st.engine_for(url)
+    name = spec.study.name
+    existing = _study_exists(url, name)
+    if not existing and not create:
+        raise SqueezeError(
+            f"study {name!r} does not exist in {st.safe_url(url)!r}; start it with `squeeze run` first."
+        )
+    if existing:
+        stored = st.load_config(engine, name) if _has_tables(engine) else None
+        if stored is not None:
+            difference = _diff(_comparable(stored), spec.comparable())
+            if difference:
+                raise SqueezeError(f"cannot resume study {name!r}: {difference}; use a new study name.")
+    st.create_tables(engine)
+    storage = _optuna_storage(url)
+    study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, load_if_exists=True)
+    with st.study_lock(engine, name):
+        stored = st.save_config(engine, name, spec.to_dict())
+        difference = _diff(_comparable(stored), spec.comparable())
+        if difference:
+            raise SqueezeError(f"cannot resume study {name!r}: {difference}; use a new study name.")
+        if not study.user_attrs.get("squeeze_created"):
+            study.set_user_attr("squeeze_created", True)
+            study.set_user_attr("objectives", ["accuracy", "size_bytes", "latency_ratio"])
+    return Context(spec=spec, url=url, engine=engine, storage=storage, study=study)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    d = {k: v for k, v in config.items() if k != "study"}
+    d.get("task", {}).pop("data", None)
+    return d
+
+
+def _has_tables(engine: sa.Engine) -> bool:
+    return "squeeze_studies" in sa.inspect(engine).get_table_names()
+
+
+def _study_exists(url: str, name: str) -> bool:
+    engine = st.engine_for(url)
+    if "studies" not in sa.inspect(engine).get_table_names():
+        return False
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT COUNT(*) FROM studies WHERE study_name = :n"), {"n": name}).scalar_one() > 0
+
+
+def state_counts(ctx: Context) -> dict[str, int]:
+    """Trials by state, counted in the database (cheap even with thousands of trials)."""
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "WHERE s.study_name = :n GROUP BY t.state"
+            ),
+            {"n": ctx.spec.study.name},
+        ).all()
+    counts = {s.name: 0 for s in TrialState}
+    for state, count in rows:
+        counts[str(state).split(".")[-1]] = int(count)
+    return counts
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+@dataclass
+class TeacherBundle:
+    model: torch.nn.Module
+    deployed: torch.nn.Module
+    accuracy: float
+    size_bytes: int
+    latency_ms: float
+    sha256: str
+
+
+def _state_bytes(model: torch.nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] = lambda _: None) -> TeacherBundle:
+    """The study's teacher: loaded from the database, or trained once here and stored."""
+    from safetensors.torch import load
+
+    spec = ctx.spec
+    family = get_family(spec.task.family)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    row = st.claim_teacher(ctx.engine, spec.study.name, owner, stale_after_s=GRACE_S)
+    model = family.build(spec.task.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    if row is None:
+        log("training the teacher (once per study)")
+        stop = threading.Event()
+        beat = threading.Thread(target=_beat, args=(ctx.engine, spec.study.name, owner, stop), daemon=True)
+        beat.start()
+        try:
+            train_teacher(model, data.x_train, data.y_train, budget=spec.training, seed=spec.study.seed)
+            weights = _state_bytes(model)
+            art = teacher_artifact(model, family=family, options=spec.task.model, data=data)
+            deployed = decode(art).module
+            acc = accuracy(deployed, data.x_holdout, data.y_holdout)
+            lat = measure(deployed, deployed, data.x_train[:1], spec=spec.latency)
+            import hashlib
+
+            st.store_teacher(ctx.engine, spec.study.name, owner, weights=weights, artifact=art,
+                             sha256=hashlib.sha256(weights).hexdigest(), accuracy=acc, size_bytes=len(art),
+                             latency_ms=lat.teacher_ms)
+        finally:
+            stop.set()
+        row = st.get_teacher(ctx.engine, spec.study.name)
+        assert row is not None
+        ctx.study.set_user_attr("teacher_accuracy", row.accuracy)
+        ctx.study.set_user_attr("teacher_bytes", row.size_bytes)
+        ctx.study.set_user_attr("teacher_latency_ms", row.latency_ms)
+        ctx.study.set_user_attr("teacher_sha256", row.sha256)
+    else:
+        log("loading the stored teacher")
+    try:
+        model.load_state_dict(load(row.weights))
+    except RuntimeError:
+        raise SqueezeError(
+            f"the stored teacher of study {spec.study.name!r} does not fit `task.model`; use a new study name."
+        ) from None
+    model.eval()
+    deployed = decode(row.artifact).module
+    return TeacherBundle(model=model, deployed=deployed, accuracy=row.accuracy, size_bytes=row.size_bytes,
+                         latency_ms=row.latency_ms, sha256=row.sha256)
+
+
+def _beat(engine: sa.Engine, study: str, owner: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        st.beat_teacher(engine, study, owner)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class _TrialHeartbeat:
+    """Records the running trial's heartbeat every few seconds, in a daemon thread."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(storage, trial_id), daemon=True)
+
+    def _run(self, storage: RDBStorage, trial_id: int) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat only risks a retry
+                pass
+
+    def __enter__(self) -> _TrialHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class WorkerReport:
+    completed: int
+    failed: int
+    budget_completed: int
+    interrupted: bool
+
+
+Objective = Callable[[optuna.Trial], tuple[tuple[float, float, float], dict[str, Any]]]
+"""A trial function: returns the three values and the attributes to record."""
+
+
+def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -> Objective:
+    """The real objective: a plan from the joint space, judged by :func:`evaluate_plan`."""
+    spec = ctx.spec
+    family = get_family(spec.task.family)
+    space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
+
+    def objective(trial: optuna.Trial) -> tuple[tuple[float, float, float], dict[str, Any]]:
+        params = space.suggest(trial)
+        plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
+        judged = evaluate_plan(
+            plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
+            options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
+            latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number,
+        )
+        attrs = judged.attrs() | {"device": "cpu", "worker": socket.gethostname(), "_artifact": judged.artifact}
+        return (judged.accuracy, float(judged.size_bytes), judged.latency.ratio), attrs
+
+    return objective
+
+
+def enqueue_references(ctx: Context, space: JointSpace) -> None:
+    """Enqueue the uniform reference policies once, when the study is new."""
+    if not ctx.spec.study.references or ctx.study.user_attrs.get("references_enqueued"):
+        return
+    with st.study_lock(ctx.engine, ctx.spec.study.name):
+        ctx.study = optuna.load_study(study_name=ctx.spec.study.name, storage=ctx.storage)
+        if ctx.study.user_attrs.get("references_enqueued"):
+            return
+        for bits, sparsity in REFERENCE_GRID:
+            if bits not in ctx.spec.space.bits and ctx.spec.space.quantize:
+                continue
+            params = space.uniform_params(sparsity=sparsity, bits=bits)
+            ctx.study.enqueue_trial(params, user_attrs={"reference": f"uniform {bits}-bit, sparsity {sparsity:g}"},
+                                    skip_if_exists=True)
+        ctx.study.set_user_attr("references_enqueued", True)
+
+
+def run_worker(
+    ctx: Context,
+    objective: Objective,
+    *,
+    worker: int = 0,
+    on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial | None], None] | None = None,
+    poll_s: float = 1.0,
+    handle_signals: bool = True,
+    teacher: Teacher | None = None,
+) -> WorkerReport:
+    """Run trials until the study holds ``spec.study.trials`` completed ones, or a signal arrives.
+
+    SIGINT/SIGTERM: no new trial starts; a running one is failed cleanly ("interrupted") and
+    the worker returns. Stale trials of dead workers are failed (and retried once) first.
+    """
+    spec = ctx.spec
+    budget = spec.study.trials
+    sampler = make_sampler(spec.study.sampler, seed=worker_seed(spec.study.seed, worker), trials=budget)
+    study = optuna.load_study(study_name=spec.study.name, storage=ctx.storage, sampler=sampler)
+    stop = threading.Event()
+    state = {"in_trial": False}
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        if state["in_trial"]:
+            state["in_trial"] = False
+            raise Interrupted(signal.Signals(signum).name)
+
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    completed = failed = 0
+    try:
+        while not stop.is_set():
+            fail_stale_trials(study)
+            trial = None
+            with st.study_lock(ctx.engine, spec.study.name):
+                counts = state_counts(ctx)
+                if counts["COMPLETE"] >= budget:
+                    break
+                if counts["COMPLETE"] + counts["RUNNING"] < budget:
+                    trial = study.ask()
+            if trial is None:
+                # The rest of the budget is running elsewhere; wait in case one of them fails.
+                stop.wait(poll_s)
+                continue
+            frozen = _run_one(ctx, study, trial, objective, state)
+            if frozen is not None and frozen.state == TrialState.COMPLETE:
+                completed += 1
+            else:
+                failed += 1
+            counts = state_counts(ctx)
+            if teacher is not None and frozen is not None and frozen.state == TrialState.COMPLETE:
+                _maybe_snapshot(ctx, study, counts["COMPLETE"], teacher)
+            if on_trial:
+                on_trial(counts, frozen)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    counts = state_counts(ctx)
+    return WorkerReport(completed=completed, failed=failed, budget_completed=counts["COMPLETE"],
+                        interrupted=stop.is_set())
+
+
+def _run_one(ctx: Context, study: optuna.Study, trial: optuna.Trial, objective: Objective,
+             state: dict[str, bool]) -> optuna.trial.FrozenTrial | None:
+    started = time.perf_counter()
+    try:
+        with _TrialHeartbeat(ctx.storage, trial._trial_id):
+            state["in_trial"] = True
+            try:
+                values, attrs = objective(trial)
+            finally:
+                state["in_trial"] = False
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("trial_s", round(time.perf_counter() - started, 3))
+        return study.tell(trial, list(values))
+    except Exception as exc:  # noqa: BLE001 - a failing trial fails alone; the study goes on
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        try:
+            trial.set_user_attr("error", reason)
+            trial.set_user_attr("trial_s", round(time.perf_counter() - started, 3))
+        except Exception:  # noqa: BLE001
+            pass
+        return study.tell(trial, state=TrialState.FAIL)
+
+
+def points(study: optuna.Study, *, teacher: Teacher | None = None) -> list[Point]:
+    """Every completed trial as a :class:`Point`."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    start = min((t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start), default=None)
+    out = []
+    for t in trials:
+        plan = t.user_attrs.get("plan", {})
+        bits = list(plan.get("bits", {}).values())
+        sparsity = list(plan.get("sparsity", {}).values())
+        student = plan.get("student", {})
+        out.append(Point(
+            number=t.number,
+            accuracy=float(t.values[0]),
+            size_bytes=int(t.values[1]),
+            latency_ratio=float(t.values[2]),
+            latency_ms=(t.user_attrs.get("latency") or {}).get("candidate_ms"),
+            mean_bits=sum(bits) / len(bits) if bits else 32.0,
+            mean_sparsity=sum(sparsity) / len(sparsity) if sparsity else 0.0,
+            student=_describe_student(student),
+            feasible=bool(t.user_attrs.get("feasible", True)),
+            reference="reference" in t.user_attrs,
+            finished_s=(t.datetime_complete - start).total_seconds() if (start and t.datetime_complete) else None,
+        ))
+    return out
+
+
+def _describe_student(student: dict[str, dict[str, Any]]) -> str:
+    width = student.get("width", {})
+    depth = student.get("depth", {})
+    parts = []
+    if width:
+        parts.append("w=" + "/".join(f"{v:g}" for _, v in sorted(width.items())))
+    if depth:
+        parts.append("d=" + "/".join(str(v) for _, v in sorted(depth.items())))
+    return " ".join(parts) or "full"
+
+
+def teacher_of(study: optuna.Study) -> Teacher | None:
+    attrs = study.user_attrs
+    if "teacher_bytes" not in attrs:
+        return None
+    return Teacher(accuracy=attrs["teacher_accuracy"], size_bytes=attrs["teacher_bytes"],
+                   latency_ms=attrs.get("teacher_latency_ms"))
+
+
+def _maybe_snapshot(ctx: Context, study: optuna.Study, completed: int, teacher: Teacher) -> None:
+    every = ctx.spec.study.snapshot_every
+    if completed % every and completed != ctx.spec.study.trials:
+        return
+    pts = points(study)
+    front = pareto_front(pts)
+    hv = hypervolume(pts, teacher=teacher)
+    elapsed = max((p.finished_s or 0.0) for p in pts) if pts else None
+    st.add_snapshot(ctx.engine, ctx.spec.study.name, completed=completed, front=[p.number for p in front],
+                    hypervolume=hv, elapsed_s=elapsed)
+
+
+def history(engine: sa.Engine, name: str) -> list[tuple[int, float, float | None]]:
+    """(completed trials, hypervolume, elapsed seconds) of every stored snapshot."""
+    return [(r.completed, r.hypervolume, r.elapsed_s) for r in st.snapshots(engine, name)]
