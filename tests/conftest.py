@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny study files, and a fresh PostgreSQL database for the run.
+
+PostgreSQL tests read the server URL from ``SQUEEZE_TEST_POSTGRES`` (for example
+``postgresql+psycopg://root@127.0.0.1:5432/test``); they create a database of their own for the
+run and drop it afterwards. Without the variable they skip with a message; ``.ci/run`` sets it
+and fails when they were skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+PG_ENV = "SQUEEZE_TEST_POSTGRES"
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+TINY_STUDY = """
+[study]
+name = "{name}"
+storage = "{storage}"
+trials = {trials}
+sampler = "random"
+seed = 0
+snapshot_every = 2
+references = {references}
+
+[task]
+dataset = "digits"
+family = "cnn"
+holdout = 0.3
+
+[task.model]
+widths = [8, 16]
+depths = [1, 1]
+
+[space]
+sparsity = [0.0, 0.5]
+bits = [4, 8, 32]
+width = [0.5, 1.0]
+
+[training]
+teacher_epochs = 3
+distill_steps = 10
+finetune_steps = 5
+qat_steps = 5
+batch_size = 64
+
+[latency]
+repeats = 5
+warmup = 1
+min_round_ms = 0.5
+"""
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path) -> Callable[..., Path]:
+    """Write a tiny digits study file; returns its path. Keyword arguments fill the template."""
+
+    def make(*, name: str = "tiny", storage: str | None = None, trials: int = 3, references: bool = False,
+             extra: str = "") -> Path:
+        storage = storage or f"sqlite:///{tmp_path / 'studies.db'}"
+        text = TINY_STUDY.format(name=name, storage=storage, trials=trials,
+                                 references="true" if references else "false")
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text + textwrap.dedent(extra), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run (dropped afterwards)."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (a server URL such as postgresql+psycopg://root@127.0.0.1:5432/test)")
+    name = f"squeeze_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        sa.engine.make_url(url)
+        with admin.connect() as conn:
+            conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+            ), {"n": name})
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
