@@ -79,7 +79,7 @@ def _evaluator(model: nn.Module, *, step: TrainStep, data: Batches, lr: float, e
         for _ in range(max_steps or 1):
             batch = next(stream)
             loss = training_step(batch, model)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"the loss diverged to {float(loss)} inside the NNI compressor")
             optimizers.zero_grad()
             loss.backward()

@@ -60,7 +60,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int) -> 
 
 
 def _check(loss: torch.Tensor, stage: str) -> None:
-    if not math.isfinite(float(loss)):
+    if not math.isfinite(float(loss.detach())):
         raise DivergedError(f"the {stage} loss diverged to {float(loss)}")
 
 

@@ -46,7 +46,7 @@ bits = [4, 8, 32]
 width = [0.5, 1.0]
 
 [training]
-teacher_epochs = 3
+teacher_epochs = 8
 distill_steps = 10
 finetune_steps = 5
 qat_steps = 5

@@ -1,0 +1,86 @@
+"""The trial pipeline on a tiny teacher: real masks, real removal, real int8, measured on the artifact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from squeeze.objectives import (
+    CompressSpec,
+    LatencySpec,
+    TrainingBudget,
+    accuracy,
+    decode,
+    evaluate_plan,
+    load_task,
+    teacher_artifact,
+    train_teacher,
+)
+from squeeze.spaces import CompressionPlan, get_family
+
+BUDGET = TrainingBudget(teacher_epochs=4, distill_steps=10, finetune_steps=5, qat_steps=5)
+LATENCY = LatencySpec(repeats=3, warmup=1, min_round_ms=0.5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
+    family = get_family("cnn")
+    options = family.check_options({"widths": [8, 16], "depths": [1, 1]})
+    teacher = family.build(options, in_channels=1, num_classes=10)
+    train_teacher(teacher, data.x_train, data.y_train, budget=BUDGET, seed=0)
+    deployed = decode(teacher_artifact(teacher, family=family, options=options, data=data)).module
+    return data, family, options, teacher, deployed
+
+
+def _judge(setup, plan, compress=CompressSpec()):
+    data, family, options, teacher, deployed = setup
+    return evaluate_plan(plan, teacher=teacher, teacher_deployed=deployed, family=family, options=options, data=data,
+                         budget=BUDGET, compress=compress, latency=LATENCY, seed=3)
+
+
+def test_teacher_artifact_is_the_teacher(setup) -> None:
+    data, family, options, teacher, deployed = setup
+    x = data.x_holdout[:16]
+    assert torch.allclose(teacher(x), deployed(x), atol=1e-4)
+    assert accuracy(deployed, data.x_holdout, data.y_holdout) > 0.5
+
+
+def test_uniform_half_plan_removes_half_the_channels(setup) -> None:
+    data, family, options, teacher, _ = setup
+    layers = family.prunable(teacher)
+    judged = _judge(setup, CompressionPlan(sparsity={n: 0.5 for n in layers}))
+    loaded = decode(judged.artifact)
+    assert dict(loaded.arch.channels) == {"stages.0.0.conv": 4, "stages.1.0.conv": 8}
+    teacher_params = sum(p.numel() for p in teacher.parameters())
+    float_params = sum(t.numel() for t in loaded.module.state_dict().values())
+    assert float_params < 0.45 * teacher_params
+
+
+def test_low_bit_plan_is_smaller_and_measured_on_the_artifact(setup) -> None:
+    data, family, options, teacher, _ = setup
+    layers = family.quantizable(teacher)
+    eight = _judge(setup, CompressionPlan(bits={n: 8 for n in layers}))
+    four = _judge(setup, CompressionPlan(bits={n: 4 for n in layers}))
+    flt = _judge(setup, CompressionPlan())
+    assert four.size_bytes < eight.size_bytes < flt.size_bytes
+    for judged in (eight, four, flt):
+        assert judged.size_bytes == len(judged.artifact)
+        loaded = decode(judged.artifact)
+        assert accuracy(loaded.module, data.x_holdout, data.y_holdout) == judged.accuracy
+        assert judged.latency.ratio > 0 and judged.latency.teacher_ms > 0
+    # The int8 path really runs quantized kernels.
+    kinds = {type(m).__module__ for m in decode(eight.artifact).module.modules()}
+    assert any("quantized" in k for k in kinds)
+
+
+def test_channel_rounding(setup) -> None:
+    data, family, options, teacher, _ = setup
+    judged = _judge(setup, CompressionPlan(sparsity={"stages.1.0.conv": 0.7}), CompressSpec(round_channels=4))
+    assert decode(judged.artifact).arch.channels["stages.1.0.conv"] % 4 == 0
+
+
+def test_a_plan_never_removes_every_channel(setup) -> None:
+    judged = _judge(setup, CompressionPlan(sparsity={"stages.0.0.conv": 0.99, "stages.1.0.conv": 0.99}))
+    channels = decode(judged.artifact).arch.channels
+    assert min(channels.values()) >= 1
