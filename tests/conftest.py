@@ -80,6 +80,8 @@ def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run (dropped afterwards)."""
     base = os.environ.get(PG_ENV)
     if not base:
+        if os.environ.get("SQUEEZE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"SQUEEZE_REQUIRE_POSTGRES=1 but {PG_ENV} is not set: the PostgreSQL tests must run here")
         pytest.skip(f"PostgreSQL tests need {PG_ENV} (a server URL such as postgresql+psycopg://root@127.0.0.1:5432/test)")
     name = f"squeeze_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
