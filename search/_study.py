@@ -78,8 +78,7 @@ def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSa
     startup = max(5, min(20, trials // 4))
     population = max(8, min(50, trials // 4))
     if name in ("auto", "tpe"):
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True,
-                                          warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "nsga3":
@@ -297,6 +296,20 @@ Objective = Callable[[optuna.Trial], tuple[tuple[float, float, float], dict[str,
 """A trial function: returns the three values and the attributes to record."""
 
 
+def budget_violations(spec: StudySpec, values: tuple[float, float, float]) -> dict[str, float]:
+    """How far a trial's values break the study's budgets (Optuna's convention: <= 0 is feasible)."""
+    acc, size, ratio = values
+    o = spec.objectives
+    out: dict[str, float] = {}
+    if o.max_size_kb is not None:
+        out["max_size_kb"] = size / 1024 - o.max_size_kb
+    if o.max_latency_ratio is not None:
+        out["max_latency_ratio"] = ratio - o.max_latency_ratio
+    if o.min_accuracy is not None:
+        out["min_accuracy"] = o.min_accuracy - acc
+    return out
+
+
 def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -> Objective:
     """The real objective: a plan from the joint space, judged by :func:`evaluate_plan`."""
     spec = ctx.spec
@@ -312,7 +325,12 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
             latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number,
         )
         attrs = judged.attrs() | {"device": "cpu", "worker": socket.gethostname(), "_artifact": judged.artifact}
-        return (judged.accuracy, float(judged.size_bytes), judged.latency.ratio), attrs
+        values = (judged.accuracy, float(judged.size_bytes), judged.latency.ratio)
+        constraints = budget_violations(spec, values)
+        for key, violation in constraints.items():
+            trial.set_constraint(key, violation)
+        attrs["feasible"] = all(v <= 0 for v in constraints.values())
+        return values, attrs
 
     return objective
 
