@@ -7,7 +7,9 @@ one sentence that names the key (dotted as in the file) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,8 +43,9 @@ class StudyOptions:
             raise SqueezeError(f"`study.storage` must be a database URL string, but got {self.storage!r}.")
         _positive_int("study.trials", self.trials)
         _positive_int("study.snapshot_every", self.snapshot_every)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise SqueezeError(f"`study.seed` must be a non-negative integer, but got {self.seed!r}.")
+        # numpy and scikit-learn take seeds below 2**32; checked here so the error names the key.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise SqueezeError(f"`study.seed` must be an integer in [0, 2**32), but got {self.seed!r}.")
         if self.sampler not in SAMPLERS:
             raise SqueezeError(f"`study.sampler` must be one of {list(SAMPLERS)}, but got {self.sampler!r}.")
         if not isinstance(self.references, bool):
@@ -61,6 +64,8 @@ class TaskSpec:
     model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.family, str):
+            raise SqueezeError(f"`task.family` must be a family name string, but got {self.family!r}.")
         if self.dataset not in list_tasks():
             raise SqueezeError(f"`task.dataset` must be one of {list_tasks()}, but got {self.dataset!r}.")
         if self.data is not None and not isinstance(self.data, str):
@@ -109,13 +114,17 @@ class StudySpec:
     source: str = "<string>"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-ready), the form stored with the study."""
+        """Plain data (JSON-ready), the form stored with the study; the storage password is masked."""
+        from ._storage import safe_url
+
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "source":
                 continue
             value = dataclasses.asdict(getattr(self, f.name))
             out[f.name] = json.loads(json.dumps(value, default=_jsonable))
+        # The config is stored in the database and may be shown; the password must never be.
+        out["study"]["storage"] = safe_url(out["study"]["storage"])
         return out
 
     def comparable(self) -> dict[str, Any]:
@@ -149,9 +158,24 @@ _SECTIONS: dict[str, type] = {
 _FREE_TABLES = {("task", "options"), ("task", "model")}
 
 
+def _check_values(key: str, value: Any, source: str) -> None:
+    """Refuse what no key takes: NaN or infinite numbers, and TOML dates and times."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SqueezeError(f"`{key}` in {source} must be a finite number, but got {value!r}.")
+    if isinstance(value, (dt.date, dt.time)):
+        raise SqueezeError(f"`{key}` in {source} must not be a date or time, but got {value.isoformat()!r}.")
+    if isinstance(value, list):
+        for item in value:
+            _check_values(key, item, source)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _check_values(f"{key}.{k}", item, source)
+
+
 def _build(section: str, cls: type, table: Any, source: str) -> Any:
     if not isinstance(table, dict):
         raise SqueezeError(f"`{section}` in {source} must be a table, but got {type(table).__name__}.")
+    _check_values(section, table, source)
     allowed = {f.name for f in dataclasses.fields(cls)}
     for key in table:
         if key not in allowed:
@@ -188,6 +212,8 @@ def _space_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
                 f"`space.sparsity` as a range takes keys low, high and optional step, but got {sorted(sparsity)}."
             )
         for k, v in sparsity.items():
+            if k == "step" and v is None:  # what StudySpec.to_dict() writes for "no step"
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise SqueezeError(f"`space.sparsity.{k}` must be a number, but got {v!r}.")
         out["sparsity"] = SparsityRange(float(sparsity["low"]), float(sparsity["high"]), sparsity.get("step"))
@@ -235,12 +261,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def spec_from_dict(doc: Mapping[str, Any], *, source: str = "<string>") -> StudySpec:
     """Validate a parsed study document."""
+    if not isinstance(doc, Mapping):
+        raise SqueezeError(f"a study document ({source}) must be a table of tables, but got {type(doc).__name__}.")
     unknown = set(doc) - set(_SECTIONS)
     if unknown:
         raise SqueezeError(
-            f"unknown table `{sorted(unknown)[0]}` in {source}; a study file has {sorted(_SECTIONS)}."
+            f"unknown table `{sorted(map(str, unknown))[0]}` in {source}; a study file has {sorted(_SECTIONS)}."
         )
-    if "study" not in doc or "name" not in doc.get("study", {}):
+    study = doc.get("study", {})
+    if isinstance(study, Mapping) and "name" not in study:
         raise SqueezeError(f"`study.name` is missing in {source}; every study needs a name.")
     built = {section: _build(section, cls, doc.get(section, {}), source) for section, cls in _SECTIONS.items()}
     return StudySpec(**built, source=source)
