@@ -26,7 +26,12 @@ OBJECTIVES = ("accuracy", "size", "latency")
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """``[study]``: identity, storage, budget and sampling."""
+    """``[study]``: identity, storage, budget and sampling.
+
+    ``heartbeat_s`` is how often a worker proves it is alive; a running trial whose worker has been
+    silent for ``grace_s`` seconds is failed and retried once. Every worker of a study should use
+    the same values (they may change between runs: they are not part of the stored config check).
+    """
 
     name: str
     storage: str = DEFAULT_STORAGE
@@ -35,6 +40,8 @@ class StudyOptions:
     seed: int = 0
     snapshot_every: int = 5
     references: bool = True
+    heartbeat_s: int = 5
+    grace_s: int = 20
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -50,6 +57,14 @@ class StudyOptions:
             raise SqueezeError(f"`study.sampler` must be one of {list(SAMPLERS)}, but got {self.sampler!r}.")
         if not isinstance(self.references, bool):
             raise SqueezeError(f"`study.references` must be true or false, but got {self.references!r}.")
+        _positive_int("study.heartbeat_s", self.heartbeat_s)
+        _positive_int("study.grace_s", self.grace_s)
+        if self.grace_s < 2 * self.heartbeat_s:
+            # One late beat (a busy machine, a slow database) must not fail a live trial.
+            raise SqueezeError(
+                f"`study.grace_s` must be at least twice `study.heartbeat_s`, but got grace_s={self.grace_s} "
+                f"and heartbeat_s={self.heartbeat_s}; raise grace_s to {2 * self.heartbeat_s} or more."
+            )
 
 
 @dataclass(frozen=True)
