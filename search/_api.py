@@ -78,7 +78,7 @@ def run(
 
     Bad input is found before anything is written: the data is read and the storage reached first.
     """
-    data = _load_data(spec)
+    data = prepare(spec)
     ctx = connect(spec, create=create)
     teacher = ensure_teacher(ctx, data, log=log)
     family = get_family(spec.task.family)
@@ -91,6 +91,35 @@ def run(
         teacher=Teacher(accuracy=teacher.accuracy, size_bytes=teacher.size_bytes, latency_ms=teacher.latency_ms),
     )
     return report
+
+
+def prepare(spec: StudySpec):
+    """Read the study's data and build its teacher once, untrained: the checks before anything is written.
+
+    A missing or damaged data folder, a family whose factory raises, or a model that does not fit
+    the data is bad input: found here it costs one sentence, not a half-created study with a stale
+    teacher claim. Returns the task's data.
+    """
+    data = _load_data(spec)
+    _check_model(spec, data)
+    return data
+
+
+def _check_model(spec: StudySpec, data) -> None:
+    import torch
+
+    family = get_family(spec.task.family)
+    try:
+        model = family.build(spec.task.model, in_channels=data.in_channels, num_classes=data.num_classes)
+        with torch.no_grad():
+            out = model.eval()(data.x_train[:1])
+        if tuple(out.shape) != (1, data.num_classes):
+            raise ValueError(f"it gives outputs of shape {tuple(out.shape)}, not (1, {data.num_classes})")
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same to the user
+        raise SqueezeError(
+            f"model family {spec.task.family!r} cannot build a teacher from `task.model` = {dict(spec.task.model)} "
+            f"for task {spec.task.dataset!r}: {type(exc).__name__}: {str(exc).rstrip('.')}."
+        ) from None
 
 
 def _storing(ctx: Context, objective):
@@ -236,7 +265,8 @@ def export_trial(target: Target, number: int, out: str | Path) -> Path:
     study, engine = _open(target)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
-        raise SqueezeError(f"trial {number} does not exist in study {target.name!r} (it has trials 0 to {len(trials) - 1}).")
+        held = f"it has trials 0 to {len(trials) - 1}" if trials else "it has no trials yet"
+        raise SqueezeError(f"trial {number} does not exist in study {target.name!r} ({held}).")
     trial = trials[number]
     if trial.state != TrialState.COMPLETE:
         raise SqueezeError(f"trial {number} of study {target.name!r} is {trial.state.name}; only COMPLETE trials can be exported.")
@@ -263,6 +293,11 @@ def export_front(target: Target, out_dir: str | Path) -> list[Path]:
 
 def _write(path: Path, blob: bytes) -> Path:
     """Write atomically: a temporary file beside ``path``, then a rename, so nothing is half-written."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise SqueezeError(f"cannot write `{path}`: `{folder}` is a file, not a folder.")
+    if path.is_dir():
+        raise SqueezeError(f"cannot write `{path}`: it is a folder; name a file, or use --front for a folder.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

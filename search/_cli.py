@@ -69,6 +69,7 @@ def run(study: StudyArg, trials: TrialsOpt = None, storage: StorageOpt = None, s
             )
         from . import _study
 
+        _api.prepare(spec)  # bad input ends here, before the study is created
         _study.connect(spec, create=True)
         code = _api.run_local_workers(study, workers=workers, storage=storage, overrides=set_ or (),
                                       trials=trials, data=data)
@@ -91,30 +92,46 @@ def _work(spec, *, worker: int, create: bool) -> None:
     from . import _api
     from . import _storage as st
 
-    err.print(f"study [bold]{spec.study.name}[/bold] at {st.safe_url(spec.study.storage)}", highlight=False)
     budget = spec.study.trials
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[last]}"), console=err, transient=False) as bar:
-        task = bar.add_task("trials", total=budget, last="")
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[last]}"), console=err, transient=False)
+    task = bar.add_task("trials", total=budget, last="")
+    shown = False
 
-        def on_trial(counts, frozen) -> None:
-            last = ""
-            if frozen is not None and frozen.values:
-                acc, size, lat = frozen.values
-                last = f"#{frozen.number}: acc {acc:.3f}  {size / 1024:.1f} KB  latency x{lat:.2f}"
-            elif frozen is not None:
-                last = f"#{frozen.number}: failed ({str(frozen.user_attrs.get('error', ''))[:60]})"
-            bar.update(task, completed=counts["COMPLETE"], last=last)
+    def show() -> None:
+        # Shown on the first news only: bad input (a data folder, a URL, a changed study) is found
+        # before that and ends in its one sentence, with no header or empty bar in front of it.
+        nonlocal shown
+        if not shown:
+            shown = True
+            err.print(f"study [bold]{spec.study.name}[/bold] at {st.safe_url(spec.study.storage)}", highlight=False)
+            bar.start()
 
-        def log(message: str) -> None:
-            bar.console.print(message, highlight=False)
+    def on_trial(counts, frozen) -> None:
+        show()
+        last = ""
+        if frozen is not None and frozen.values:
+            acc, size, lat = frozen.values
+            last = f"#{frozen.number}: acc {acc:.3f}  {size / 1024:.1f} KB  latency x{lat:.2f}"
+        elif frozen is not None:
+            last = f"#{frozen.number}: failed ({str(frozen.user_attrs.get('error', ''))[:60]})"
+        bar.update(task, completed=counts["COMPLETE"], last=last)
 
+    def log(message: str) -> None:
+        show()
+        bar.console.print(message, highlight=False)
+
+    try:
         report = _api.run(spec, worker=worker, create=create, log=log, on_trial=on_trial)
+        show()
         bar.update(task, completed=report.budget_completed)
+    finally:
+        if shown:
+            bar.stop()
     if report.interrupted:
         err.print(f"interrupted: {report.budget_completed}/{budget} trials complete; run the same command to resume.")
-    else:
-        err.print(f"done: {report.budget_completed}/{budget} trials complete ({report.failed} failed here).")
+        raise typer.Exit(130)  # the shell's code for SIGINT, so `squeeze run ... && next` stops here
+    err.print(f"done: {report.budget_completed}/{budget} trials complete ({report.failed} failed here).")
 
 
 @app.command()
