@@ -1,6 +1,6 @@
 """How a plan is judged: tasks (data), training, compression, materialization and measurement."""
 
-from ._artifact import Arch, Loaded, decode, encode, load_artifact
+from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
 from ._evaluate import Judged, evaluate_plan, teacher_artifact
 from ._latency import Latency, LatencySpec, cpu_model, measure
@@ -29,6 +29,7 @@ __all__ = [
     "load_task",
     "measure",
     "register_task",
+    "size_floor",
     "teacher_artifact",
     "train_teacher",
 ]

@@ -1,16 +1,27 @@
 """One artifact file per compressed model: packed weights, plan, architecture, and a card.
 
-The file is safetensors (no pickle): four flat tensors hold every number, so the byte count
-stays close to its floor (kept weights x bits / 8, plus scales, plus the metadata):
+The format is small and pickle-free, because the file's byte count *is* the size objective and
+must stay within a few percent of its floor (:func:`size_floor`)::
 
-- ``packed``: uint8, the integer weights of every layer at 8 bits or fewer, bit-packed at the
-  layer's width (two 4-bit or four 2-bit values a byte);
-- ``scales``: float32, per-output-channel weight scales of those layers;
-- ``floats``: float32, biases and the weights of layers left in float, and activation qparams;
-- ``halves``: float16, the weights of 16-bit layers.
+    b"SQZ1"                        4 bytes, the signature
+    header length                  4 bytes, unsigned little-endian
+    header                         three JSON lines (UTF-8): arch, plan, card
+    payload                        the numbers, in six regions (below)
+    checksum                       8 bytes: the first 8 bytes of SHA-256 over everything before
 
-The metadata holds ``arch`` (what rebuilds the module), ``layout`` (where each tensor lies),
-``plan`` and ``card`` (measured figures), each as compact JSON.
+Payload regions, little-endian, one after another:
+
+- packed: the integer weights of every layer at 8 bits or fewer, each tensor bit-packed at its
+  layer's width (two 4-bit or four 2-bit values a byte) and padded to a whole byte;
+- weight scales: float32, one per output channel of those layers (zero points are 0: symmetric);
+- floats: float32, biases and the weights of layers left in float;
+- halves: float16, weights and biases of 16-bit layers;
+- activation scales: float32, and activation zero points: uint8, one each per quantize point.
+
+No offsets or names are stored: the architecture, rebuilt from ``arch``, lists the parameters in
+a fixed order and the plan gives each its width, so the layout follows from the header. A safetensors
+file was the first format; its JSON-in-JSON metadata and per-tensor headers cost up to 90% over
+the floor on the smallest models the search finds.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +41,14 @@ from torch import fx, nn
 
 from squeeze.spaces import CompressionPlan, SqueezeError, get_family
 
-from ._materialize import fold_batchnorm, remove_channels, to_int8
+from ._materialize import activation_order, fold_batchnorm, remove_channels, to_int8
 
 FORMAT = "squeeze-artifact/1"
+MAGIC = b"SQZ1"
+CHECKSUM_BYTES = 8
+_HEAD = struct.Struct("<4sI")
+ACT_BYTES = 5
+"""Bytes per activation quantize point: a float32 scale and a uint8 zero point."""
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -94,14 +111,50 @@ class Arch:
     def rebuild_float(self) -> fx.GraphModule:
         """The folded float module with the right shapes (its values are overwritten on load)."""
         family = get_family(self.family)
-        model = family.build(
-            self.options, in_channels=self.in_channels, num_classes=self.num_classes, student=self.student or None
-        )
-        counts = {n: c for n, c in self.channels.items()}
-        modules = dict(model.named_modules())
-        keep = {n: list(range(c)) for n, c in counts.items() if modules[n].weight.shape[0] != c}
-        remove_channels(model, keep, example=self.example())
-        return fold_batchnorm(model)
+        # Built outside any inference mode of the caller: Torch-Pruning traces through autograd.
+        with torch.inference_mode(False):
+            model = family.build(
+                self.options, in_channels=self.in_channels, num_classes=self.num_classes, student=self.student or None
+            )
+            modules = dict(model.named_modules())
+            keep = {n: list(range(c)) for n, c in self.channels.items() if modules[n].weight.shape[0] != c}
+            remove_channels(model, keep, example=self.example())
+            return fold_batchnorm(model)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one parameter lives: packed at ``bits`` (``q``), float32 (``f``) or float16 (``h``)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    bits: int
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+def _slots(folded: fx.GraphModule, plan: CompressionPlan) -> list[_Slot]:
+    """Every parameter of ``folded`` in state order, with how the plan says to store it."""
+    modules = dict(folded.named_modules())
+    slots = []
+    for name, tensor in folded.state_dict().items():
+        owner, _, leaf = name.rpartition(".")
+        b = int(plan.bits.get(owner, 32))
+        if leaf == "weight" and b <= 8 and isinstance(modules.get(owner), (nn.Conv2d, nn.Linear)):
+            kind = "q"
+        elif b == 16:
+            kind = "h"
+        else:
+            kind, b = "f", 32
+        slots.append(_Slot(name, kind, tuple(tensor.shape), b))
+    return slots
+
+
+def _header(arch: Arch, plan: CompressionPlan, card: Mapping[str, Any]) -> bytes:
+    return "\n".join([_dumps(arch.to_dict()), plan.to_json(), _dumps(dict(card))]).encode("utf-8")
 
 
 def encode(
@@ -113,70 +166,60 @@ def encode(
     activations: Mapping[str, tuple[float, int]],
     card: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """Serialize a folded model, quantizing low-bit layers with ``scales``, to artifact bytes."""
-    from safetensors.torch import save
+    """Serialize a folded model, quantizing low-bit layers with ``scales``, to artifact bytes.
 
-    bits = dict(plan.bits)
-    modules = dict(folded.named_modules())
-    packed: list[np.ndarray] = []
-    scale_parts: list[torch.Tensor] = []
-    floats: list[torch.Tensor] = []
-    halves: list[torch.Tensor] = []
-    offsets = {"packed": 0, "scales": 0, "floats": 0, "halves": 0}
-    layout: list[list[Any]] = []
-
-    def put(kind: str, parts: list, tensor: Any, size: int) -> int:
-        start = offsets[kind]
-        parts.append(tensor)
-        offsets[kind] += size
-        return start
-
-    for pname, param in folded.state_dict().items():
-        owner, _, leaf = pname.rpartition(".")
-        b = bits.get(owner, 32)
-        t = param.detach().float()
-        if leaf == "weight" and owner in scales and b <= 8 and isinstance(modules.get(owner), (nn.Conv2d, nn.Linear)):
-            s = scales[owner].float()
-            qmax = 2 ** (b - 1) - 1
+    With a ``card``, its ``bytes`` entry is set to the length of the returned file.
+    """
+    state = folded.state_dict()
+    packed: list[bytes] = []
+    weight_scales: list[np.ndarray] = []
+    floats: list[np.ndarray] = []
+    halves: list[np.ndarray] = []
+    for slot in _slots(folded, plan):
+        t = state[slot.name].detach().float()
+        if slot.kind == "q":
+            owner = slot.name.rpartition(".")[0]
+            if owner not in scales:
+                raise ValueError(f"layer {owner} is planned at {slot.bits} bits but has no weight scales")
+            s = scales[owner].detach().float().reshape(-1)
+            qmax = 2 ** (slot.bits - 1) - 1
             q = torch.clamp(torch.round(t / s.reshape(-1, *[1] * (t.dim() - 1))), -qmax, qmax).to(torch.int16)
-            data = pack_bits((q + qmax).numpy().astype(np.uint8), b)
-            p0 = put("packed", packed, data, len(data))
-            s0 = put("scales", scale_parts, s, len(s))
-            layout.append([pname, "q", list(t.shape), b, p0, s0])
-        elif b == 16:
-            h0 = put("halves", halves, t.half().reshape(-1), t.numel())
-            layout.append([pname, "h", list(t.shape), h0])
+            packed.append(pack_bits((q + qmax).numpy().astype(np.uint8), slot.bits).tobytes())
+            weight_scales.append(s.numpy().astype("<f4"))
+        elif slot.kind == "h":
+            halves.append(t.half().numpy().reshape(-1).astype("<f2"))
         else:
-            f0 = put("floats", floats, t.reshape(-1), t.numel())
-            layout.append([pname, "f", list(t.shape), f0])
-    act_names = sorted(activations, key=lambda n: (len(n), n))
-    a0 = put("floats", floats, torch.tensor([v for n in act_names for v in activations[n]], dtype=torch.float32), 2 * len(act_names))
-    tensors: dict[str, torch.Tensor] = {}
-    if packed:
-        tensors["packed"] = torch.from_numpy(np.concatenate(packed))
-    if scale_parts:
-        tensors["scales"] = torch.cat(scale_parts)
-    if floats:
-        tensors["floats"] = torch.cat([f.reshape(-1) for f in floats])
-    if halves:
-        tensors["halves"] = torch.cat(halves)
-    meta = {
-        "format": FORMAT,
-        "arch": _dumps(arch.to_dict()),
-        "layout": _dumps({"params": layout, "acts": [act_names, a0]}),
-        "plan": plan.to_json(),
-    }
-    body = {k: v.contiguous() for k, v in tensors.items()}
+            floats.append(t.numpy().reshape(-1).astype("<f4"))
+    pairs = activation_order(activations)
+    act_scales = np.array([s for s, _ in pairs], dtype="<f4")
+    act_zps = np.array([z for _, z in pairs], dtype=np.int64)
+    if act_zps.size and (act_zps.min() < 0 or act_zps.max() > 255):
+        raise ValueError("activation zero points must fit in a byte")
+    payload = b"".join(
+        [
+            *packed,
+            *(a.tobytes() for a in weight_scales),
+            *(a.tobytes() for a in floats),
+            *(a.tobytes() for a in halves),
+            act_scales.tobytes(),
+            act_zps.astype(np.uint8).tobytes(),
+        ]
+    )
+
+    def assemble(header: bytes) -> bytes:
+        body = _HEAD.pack(MAGIC, len(header)) + header + payload
+        return body + hashlib.sha256(body).digest()[:CHECKSUM_BYTES]
+
     if card is None:
-        return save(body, metadata=meta)
+        return assemble(_header(arch, plan, {}))
     # The card records the file's own byte count, so settle it by fixed point (two passes at most).
     size = 0
     for _ in range(4):
-        blob = save(body, metadata={**meta, "card": _dumps({**card, "bytes": size})})
+        blob = assemble(_header(arch, plan, {**card, "bytes": size}))
         if len(blob) == size:
             return blob
         size = len(blob)
-    return blob
+    raise RuntimeError("the card's byte count did not settle")
 
 
 @dataclass(frozen=True)
@@ -189,63 +232,112 @@ class Loaded:
     card: dict[str, Any]
     sha256: str
     size_bytes: int
+    floor_bytes: float = 0.0
+    """:func:`size_floor` of this artifact: what its information needs at the least."""
+
+
+class _Reader:
+    def __init__(self, payload: bytes) -> None:
+        self.data = payload
+        self.at = 0
+
+    def take(self, nbytes: int) -> bytes:
+        if self.at + nbytes > len(self.data):
+            raise ValueError("the payload is shorter than its layout")
+        out = self.data[self.at : self.at + nbytes]
+        self.at += nbytes
+        return out
+
+    def array(self, dtype: str, count: int) -> np.ndarray:
+        return np.frombuffer(self.take(count * np.dtype(dtype).itemsize), dtype=dtype).copy()
+
+
+def _split(blob: bytes, source: str) -> tuple[bytes, bytes]:
+    """The header and payload of ``blob``, after the signature and checksum are checked."""
+    if len(blob) < _HEAD.size or blob[:4] != MAGIC:
+        raise SqueezeError(f"`{source}` is not a squeeze artifact: it does not start with the {FORMAT} signature.")
+    body, checksum = blob[:-CHECKSUM_BYTES], blob[-CHECKSUM_BYTES:]
+    _, n = _HEAD.unpack_from(blob)
+    if len(blob) < _HEAD.size + n + CHECKSUM_BYTES or hashlib.sha256(body).digest()[:CHECKSUM_BYTES] != checksum:
+        raise SqueezeError(f"`{source}` is damaged: its checksum does not match its contents (truncated or altered).")
+    return body[_HEAD.size : _HEAD.size + n], body[_HEAD.size + n :]
 
 
 def decode(blob: bytes, *, source: str = "artifact") -> Loaded:
     """Rebuild the runnable module from artifact bytes; a damaged file gives a SqueezeError."""
-    from safetensors.torch import load
-
+    header, payload = _split(bytes(blob), source)
     try:
-        tensors = load(blob)
-        meta = _read_metadata(blob)
-        if meta.get("format") != FORMAT:
-            raise ValueError("format")
-        arch = Arch.from_dict(json.loads(meta["arch"]))
-        layout = json.loads(meta["layout"])
-        plan = CompressionPlan.from_json(meta["plan"])
-        card = json.loads(meta.get("card", "{}"))
+        arch_line, plan_line, card_line = header.decode("utf-8").split("\n")
+        arch = Arch.from_dict(json.loads(arch_line))
+        plan = CompressionPlan.from_json(plan_line)
+        card = json.loads(card_line)
         folded = arch.rebuild_float()
+        slots = _slots(folded, plan)
+        reader = _Reader(payload)
+        ints = {s.name: reader.take(math.ceil(s.count * s.bits / 8)) for s in slots if s.kind == "q"}
+        scales = {s.name.rpartition(".")[0]: torch.from_numpy(reader.array("<f4", s.shape[0])) for s in slots if s.kind == "q"}
         state = {}
-        scales: dict[str, torch.Tensor] = {}
-        bits = dict(plan.bits)
-        for entry in layout["params"]:
-            name, kind, shape = entry[0], entry[1], entry[2]
-            count = math.prod(shape)
-            if kind == "q":
-                b, p0, s0 = entry[3], entry[4], entry[5]
-                nbytes = math.ceil(count * b / 8)
-                raw = tensors["packed"][p0 : p0 + nbytes].numpy()
-                if len(raw) != nbytes:
-                    raise ValueError("short packed data")
-                qmax = 2 ** (b - 1) - 1
-                q = torch.from_numpy(unpack_bits(raw, b, count).astype(np.int16) - qmax).reshape(shape)
-                s = tensors["scales"][s0 : s0 + shape[0]].clone()
-                scales[name.rpartition(".")[0]] = s
-                state[name] = q.float() * s.reshape(-1, *[1] * (len(shape) - 1))
-            elif kind == "h":
-                state[name] = tensors["halves"][entry[3] : entry[3] + count].float().reshape(shape)
-            else:
-                state[name] = tensors["floats"][entry[3] : entry[3] + count].clone().reshape(shape)
+        for s in slots:
+            if s.kind == "f":
+                state[s.name] = torch.from_numpy(reader.array("<f4", s.count)).reshape(s.shape)
+        for s in slots:
+            if s.kind == "h":
+                state[s.name] = torch.from_numpy(reader.array("<f2", s.count)).float().reshape(s.shape)
+        for s in slots:
+            if s.kind == "q":
+                qmax = 2 ** (s.bits - 1) - 1
+                raw = np.frombuffer(ints[s.name], dtype=np.uint8)
+                q = torch.from_numpy(unpack_bits(raw, s.bits, s.count).astype(np.int16) - qmax).reshape(s.shape)
+                scale = scales[s.name.rpartition(".")[0]]
+                state[s.name] = q.float() * scale.reshape(-1, *[1] * (len(s.shape) - 1))
+        rest = len(payload) - reader.at
+        if rest % ACT_BYTES:
+            raise ValueError("the activation region is not whole")
+        count = rest // ACT_BYTES
+        act_scales = reader.array("<f4", count).tolist()
+        act_zps = reader.array("u1", count).tolist()
         folded.load_state_dict(state, strict=True)
-        act_names, a0 = layout["acts"]
-        values = tensors["floats"][a0 : a0 + 2 * len(act_names)].tolist() if act_names else []
-        activations = {n: (values[2 * i], int(values[2 * i + 1])) for i, n in enumerate(act_names)}
-        module = to_int8(folded, bits, scales, activations, example=arch.example())
+        module = to_int8(folded, dict(plan.bits), scales, list(zip(act_scales, act_zps)), example=arch.example())
     except SqueezeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any damage to the file means the same thing to the user
+    except Exception as exc:  # noqa: BLE001 - a checksummed file that does not parse is of another make
         raise SqueezeError(
-            f"`{source}` is not a valid squeeze artifact (it is truncated, altered or of another format: {type(exc).__name__})."
+            f"`{source}` is not a valid squeeze artifact: its checksum holds but its contents do not parse "
+            f"({type(exc).__name__}: {exc})."
         ) from None
     return Loaded(
-        module=module, arch=arch, plan=plan, card=card, sha256=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob)
+        module=module, arch=arch, plan=plan, card=card, sha256=hashlib.sha256(blob).hexdigest(),
+        size_bytes=len(blob), floor_bytes=_floor(slots, arch=arch, plan=plan, card=card, activations=count),
     )
 
 
-def _read_metadata(blob: bytes) -> dict[str, str]:
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
-    return header.get("__metadata__", {})
+def size_floor(*, arch: Arch, plan: CompressionPlan, card: Mapping[str, Any], activations: int) -> float:
+    """The least bytes that this model's information takes, with no container around it.
+
+    Counted from the architecture rebuilt from ``arch``, not from the file:
+
+    - every kept weight of a layer at ``b`` <= 8 bits: ``b / 8`` bytes (no rounding to a byte);
+    - every other parameter (biases, layers left in float): 4 bytes; of 16-bit layers: 2 bytes;
+    - weight scales: 4 bytes per output channel of a low-bit layer; weight zero points: nothing,
+      the quantization is symmetric so they are all 0 by construction;
+    - per activation quantize point: a float32 scale and a 1-byte zero point (``activations`` of them);
+    - the plan, the card and ``arch``, each as compact JSON.
+
+    What a file holds beyond this is its container: signature, lengths, line breaks, the padding of
+    each packed tensor to a whole byte and the checksum.
+    """
+    return _floor(_slots(arch.rebuild_float(), plan), arch=arch, plan=plan, card=card, activations=activations)
+
+
+def _floor(slots: list[_Slot], *, arch: Arch, plan: CompressionPlan, card: Mapping[str, Any], activations: int) -> float:
+    total = 0.0
+    for s in slots:
+        total += s.count * s.bits / 8
+        if s.kind == "q":
+            total += 4 * s.shape[0]
+    total += ACT_BYTES * activations
+    total += len(_dumps(arch.to_dict()).encode()) + len(plan.to_json().encode()) + len(_dumps(dict(card)).encode())
+    return total
 
 
 def load_artifact(path: str | Path) -> Loaded:

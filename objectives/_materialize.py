@@ -9,7 +9,7 @@ the weight scales the NNI quantizer trained.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.fx.experimental.optimization as fx_opt
@@ -31,7 +31,9 @@ def remove_channels(model: nn.Module, keep: Mapping[str, list[int]], *, example:
     if not keep:
         return model
     model.eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    # Torch-Pruning traces the graph through autograd, so it must work inside a caller's no_grad too.
+    with torch.inference_mode(False), torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example.clone())
     modules = dict(model.named_modules())
     for name, kept in keep.items():
         layer = modules[name]
@@ -116,10 +118,12 @@ def _prepare(folded: fx.GraphModule, bits: Mapping[str, int], scales: Mapping[st
 
 
 def _observers(prepared: fx.GraphModule) -> list[str]:
-    return sorted(
-        (name for name, m in prepared.named_children() if isinstance(m, ObserverBase)),
-        key=lambda n: (len(n), n),
-    )
+    return sorted((name for name, m in prepared.named_children() if isinstance(m, ObserverBase)), key=_observer_key)
+
+
+def _observer_key(name: str) -> tuple[int, str]:
+    # FX numbers observers activation_post_process_0, _1, ... _10: order by length first, so 10 follows 9.
+    return (len(name), name)
 
 
 @torch.no_grad()
@@ -149,20 +153,37 @@ def to_int8(
     folded: fx.GraphModule,
     bits: Mapping[str, int],
     scales: Mapping[str, torch.Tensor],
-    activations: Mapping[str, tuple[float, int]],
+    activations: Mapping[str, tuple[float, int]] | Sequence[tuple[float, int]],
     *,
     example: torch.Tensor,
 ) -> nn.Module:
-    """Convert ``folded`` to a model whose low-bit layers run on int8 kernels, no data needed."""
+    """Convert ``folded`` to a model whose low-bit layers run on int8 kernels, no data needed.
+
+    ``activations`` maps each observer to its (scale, zero point), as :func:`calibrate` returns
+    them, or lists them in :func:`activation_order` (an artifact stores no observer names: the
+    graph rebuilt from its architecture names them again).
+    """
     if not scales:
+        if activations:
+            raise ValueError("activation scales were given for a model with no int8 layer")
         return folded.eval()
     prepared = _prepare(folded, bits, scales, example)
     names = _observers(prepared)
-    if set(names) != set(activations):
-        raise ValueError("the artifact's activation scales do not match the rebuilt graph")
-    for name in names:
-        scale, zp = activations[name]
+    if isinstance(activations, Mapping):
+        if set(names) != set(activations):
+            raise ValueError("the activation scales do not match the rebuilt graph")
+        values = [activations[n] for n in names]
+    else:
+        values = list(activations)
+        if len(values) != len(names):
+            raise ValueError(f"the graph has {len(names)} activation observers, but {len(values)} scales were given")
+    for name, (scale, zp) in zip(names, values):
         setattr(prepared, name, FixedActivationObserver(scale, zp))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_fx(prepared).eval()
+
+
+def activation_order(activations: Mapping[str, tuple[float, int]]) -> list[tuple[float, int]]:
+    """The (scale, zero point) pairs of ``activations`` in the graph's observer order."""
+    return [activations[n] for n in sorted(activations, key=_observer_key)]
