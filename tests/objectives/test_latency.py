@@ -1,0 +1,70 @@
+"""The latency protocol: a median ratio with its spread, and every setting recorded."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from squeeze.objectives import LatencySpec, cpu_model, measure
+from squeeze.spaces import SqueezeError
+
+
+class Sleeper(nn.Module):
+    """A model whose latency is known: it sleeps, so the test does not depend on the machine's load."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return x
+
+
+def test_ratio_of_a_twice_as_slow_model_and_the_recorded_settings() -> None:
+    spec = LatencySpec(batch=3, threads=1, warmup=2, repeats=7, min_round_ms=4.0)
+    slow, fast = Sleeper(0.004), Sleeper(0.002)
+    before = torch.get_num_threads()
+    lat = measure(slow, fast, torch.zeros(1, 2), spec=spec)
+    assert 1.5 < lat.ratio < 2.5
+    assert lat.ratio_iqr >= 0
+    assert lat.candidate_ms > lat.teacher_ms > 0
+    attrs = lat.attrs()
+    assert attrs["batch"] == 3 and attrs["threads"] == 1 and attrs["repeats"] == 7
+    assert attrs["torch_version"] == torch.__version__ and attrs["cpu"] == cpu_model() != ""
+    assert set(attrs) >= {"ratio", "ratio_iqr", "candidate_ms", "teacher_ms"}
+    assert torch.get_num_threads() == before  # the caller's thread count is restored
+    assert slow.calls == fast.calls  # interleaved: both ran the same rounds
+
+
+def test_batch_is_what_the_models_see() -> None:
+    seen = []
+
+    class Shape(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape))
+            return x
+
+    measure(Shape(), Shape(), torch.zeros(5, 1, 4, 4), spec=LatencySpec(batch=32, warmup=0, repeats=2, min_round_ms=0.01))
+    assert set(seen) == {(32, 1, 4, 4)}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch", 0, "`latency.batch` must be a positive integer, but got 0."),
+        ("threads", 1.5, "`latency.threads` must be a positive integer, but got 1.5."),
+        ("repeats", True, "`latency.repeats` must be a positive integer, but got True."),
+        ("warmup", -1, "`latency.warmup` must be a non-negative integer, but got -1."),
+        ("min_round_ms", 0, "`latency.min_round_ms` must be a positive number, but got 0."),
+    ],
+)
+def test_bad_settings_say_the_rule(field: str, value: object, message: str) -> None:
+    with pytest.raises(SqueezeError, match=re.escape(message)):
+        LatencySpec(**{field: value})
