@@ -247,7 +247,11 @@ def plot(target: Target, out_dir: str | Path) -> list[Path]:
 
 def list_studies(url: str) -> list[tuple[str, int, int]]:
     """(name, completed trials, all trials) of every study at ``url``."""
-    st.parse_url(url)
+    parsed = st.parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).is_file():
+        # Listing must not create an empty database where a path was mistyped.
+        raise SqueezeError(f"there is no study database at {st.safe_url(url)!r}: `{parsed.database}` does not exist.")
     st.engine_for(url)
     out = []
     for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):

@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        # Without standalone mode, click returns a `typer.Exit`'s code instead of raising it.
+        code = app(args=args, standalone_mode=False)
     except SqueezeError as exc:
         if debug:
             raise
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _print_error(f"unexpected {type(exc).__name__}: {_redact(str(exc))} (rerun with --debug for the traceback).")
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _redact(text: str) -> str:
