@@ -17,6 +17,8 @@ from torch import nn
 
 from squeeze.spaces import SqueezeError
 
+from . import _materialize
+
 
 @dataclass(frozen=True)
 class LatencySpec:
@@ -52,6 +54,9 @@ class Latency:
     repeats: int
     torch_version: str
     cpu: str
+    warmup: int = 0
+    engine: str = ""
+    """PyTorch's quantized CPU engine that int8 layers were built for."""
 
     def attrs(self) -> dict[str, object]:
         return asdict(self)
@@ -113,6 +118,8 @@ def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, 
             repeats=spec.repeats,
             torch_version=torch.__version__,
             cpu=cpu_model(),
+            warmup=spec.warmup,
+            engine=_materialize.ENGINE,
         )
     finally:
         torch.set_num_threads(previous)

@@ -36,7 +36,8 @@ def test_ratio_of_a_twice_as_slow_model_and_the_recorded_settings() -> None:
     assert lat.ratio_iqr >= 0
     assert lat.candidate_ms > lat.teacher_ms > 0
     attrs = lat.attrs()
-    assert attrs["batch"] == 3 and attrs["threads"] == 1 and attrs["repeats"] == 7
+    assert attrs["batch"] == 3 and attrs["threads"] == 1 and attrs["repeats"] == 7 and attrs["warmup"] == 2
+    assert attrs["engine"] == "x86"
     assert attrs["torch_version"] == torch.__version__ and attrs["cpu"] == cpu_model() != ""
     assert set(attrs) >= {"ratio", "ratio_iqr", "candidate_ms", "teacher_ms"}
     assert torch.get_num_threads() == before  # the caller's thread count is restored
