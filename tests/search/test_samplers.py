@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+
+from squeeze.search._samplers import AutoSampler, list_samplers, make_sampler
+from squeeze.spaces import SqueezeError
+
+
+def _objective(delay: float, params: int = 25):
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        xs = [trial.suggest_categorical(f"p{i}", [0, 1, 2, 3]) for i in range(params)]
+        time.sleep(delay)
+        third = params // 3
+        return sum(xs[:third]) / (3 * third), float(sum(xs[third : 2 * third])), float(sum(xs[2 * third :]))
+
+    return objective
+
+
+@pytest.mark.parametrize("name", list_samplers())
+def test_every_sampler_runs_and_records_its_cost(name: str) -> None:
+    # Few parameters and a budget just past the start-up trials: GP's fit grows fast with both.
+    sampler = make_sampler(name, seed=0, trials=8)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    study.optimize(_objective(0.0, params=6), n_trials=7)
+    trials = study.get_trials()
+    assert len(trials) == 7
+    assert all(t.user_attrs["sampler_ms"] >= 0 for t in trials)
+    assert all(t.user_attrs["sampler"] in list_samplers() for t in trials)
+
+
+def test_unknown_sampler_is_refused() -> None:
+    with pytest.raises(SqueezeError, match="`study.sampler` must be one of"):
+        make_sampler("cmaes", seed=0, trials=10)
+
+
+def test_auto_hands_over_when_the_sampler_costs_more_than_its_share() -> None:
+    # Trials that take no time at all: TPE's milliseconds are far above 5% of them.
+    sampler = AutoSampler(seed=0, trials=40, window=5)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    study.optimize(_objective(0.0), n_trials=25)
+    names = [t.user_attrs["sampler"] for t in study.get_trials()]
+    assert names[0] == "tpe" and names[-1] == "nsga2"
+
+
+def test_auto_keeps_tpe_while_it_is_cheap_beside_a_trial() -> None:
+    sampler = AutoSampler(seed=0, trials=40, window=5)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    study.optimize(_objective(0.4), n_trials=12)
+    assert {t.user_attrs["sampler"] for t in study.get_trials()} == {"tpe"}
