@@ -221,7 +221,7 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
     ("storage-wrong-credentials", lambda e: ["run", e.study(storage=_pg(e, username="squeeze_no_such_role", password=SECRET))],
      r"cannot connect to the storage 'postgresql\+psycopg://squeeze_no_such_role:\*\*\*@.*squeeze_no_such_role"),
     ("storage-flag-malformed", lambda e: ["status", "seeded", "--storage", f"postgresql+psycopg://root:{SECRET}@[::1"],
-     r"`study\.storage` must be a database URL|cannot connect to the storage"),
+     r"`study\.storage` must be a database URL such as .*, but got '\*\*\*@\[::1'"),
     ("resume-changed-bits", lambda e: ["run", e.study(name="seeded", replace={"bits = [4, 8, 32]": "bits = [4, 8]"})],
      r"cannot resume study 'seeded': `space\.bits` is \[4, 8, 32\] in the stored study but \[4, 8\] in the file"),
     ("resume-changed-objectives", lambda e: ["run", e.study(name="seeded", extra="[objectives]\nmax_size_kb = 10\n")],
