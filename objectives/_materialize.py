@@ -43,7 +43,8 @@ def remove_channels(model: nn.Module, keep: Mapping[str, list[int]], *, example:
             continue
         if len(drop) >= total:
             raise ValueError(f"layer {name} would lose every channel")
-        group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=drop)
+        # The layer's own pruner: a linear layer (a hidden classifier layer) as well as a convolution.
+        group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs=drop)
         group.prune()
     return model
 
@@ -181,7 +182,67 @@ def to_int8(
         setattr(prepared, name, FixedActivationObserver(scale, zp))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return convert_fx(prepared).eval()
+        converted = convert_fx(prepared).eval()
+    return dequantize_where_needed(converted, example)
+
+
+@torch.no_grad()
+def dequantize_where_needed(model: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
+    """Give every operation that cannot take a quantized input a dequantized one, in place.
+
+    FX's converter can hand a quantized tensor to an operation left in float: a value that feeds
+    both an int8 layer and a residual addition, through a pass-through op such as ReLU or an
+    identity max-pool, reaches the addition still quantized. Running the graph once on ``example``
+    finds each operation that fails on quantized inputs; a ``dequantize`` is put before it, so
+    operations no int8 kernel supports (additions, squeeze-excitation products, hardswish) stay in
+    float rather than fail. Graphs that run as they are come back unchanged.
+    """
+    graph = model.graph
+    env: dict[fx.Node, object] = {}
+    changed = False
+
+    def value(arg: object) -> object:
+        return fx.node.map_arg(arg, lambda n: env[n])
+
+    def run(node: fx.Node) -> object:
+        args, kwargs = value(node.args), value(node.kwargs)
+        if node.op == "call_module":
+            return model.get_submodule(node.target)(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        self_obj, *rest = args
+        return getattr(self_obj, node.target)(*rest, **kwargs)
+
+    for node in list(graph.nodes):
+        if node.op == "placeholder":
+            env[node] = example[:1]
+        elif node.op == "get_attr":
+            env[node] = _attr(model, node.target)
+        elif node.op in ("call_module", "call_function", "call_method"):
+            try:
+                env[node] = run(node)
+            except (RuntimeError, NotImplementedError):
+                quantized = [n for n in node.all_input_nodes if isinstance(env[n], torch.Tensor) and env[n].is_quantized]
+                if not quantized:
+                    raise
+                for source in quantized:
+                    with graph.inserting_before(node):
+                        float_node = graph.call_method("dequantize", (source,))
+                    env[float_node] = env[source].dequantize()
+                    node.replace_input_with(source, float_node)
+                env[node] = run(node)
+                changed = True
+    if changed:
+        graph.lint()
+        model.recompile()
+    return model
+
+
+def _attr(model: nn.Module, target: str) -> object:
+    obj: object = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def activation_order(activations: Mapping[str, tuple[float, int]]) -> list[tuple[float, int]]:

@@ -1,21 +1,29 @@
 """What is searched: model families, their stable layer names, the joint space and the plan."""
 
-from . import _cnn  # noqa: F401  (registers the built-in family)
+from . import _cnn, _torchvision  # noqa: F401  (register the built-in families)
+from ._checkpoint import checkpoint_of, load_checkpoint
 from ._errors import SqueezeError
 from ._families import Knob, ModelFamily, get_family, list_families, register_family
+from ._groups import Group, discover
 from ._plan import ALLOWED_BITS, CompressionPlan
 from ._space import JointSpace, SpaceSpec, SparsityRange
+from ._user import import_object
 
 __all__ = [
     "ALLOWED_BITS",
     "CompressionPlan",
+    "Group",
     "JointSpace",
     "Knob",
     "ModelFamily",
     "SpaceSpec",
     "SparsityRange",
     "SqueezeError",
+    "checkpoint_of",
+    "discover",
     "get_family",
+    "import_object",
     "list_families",
+    "load_checkpoint",
     "register_family",
 ]

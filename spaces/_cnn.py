@@ -70,10 +70,10 @@ class CNNFamily:
     defaults: dict[str, Any] = {"widths": [16, 32, 64], "depths": [1, 1, 1]}
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - set(self.defaults)
+        unknown = set(options) - set(self.defaults) - {"checkpoint"}
         if unknown:
             raise SqueezeError(
-                f"unknown key `task.model.{sorted(unknown)[0]}`; the cnn family takes {sorted(self.defaults)}."
+                f"unknown key `task.model.{sorted(unknown)[0]}`; the cnn family takes {sorted({*self.defaults, 'checkpoint'})}."
             )
         merged = {**self.defaults, **options}
         widths = _positive_int_list(merged, "widths")
@@ -83,7 +83,12 @@ class CNNFamily:
                 f"`task.model.widths` and `task.model.depths` must have one entry per stage, "
                 f"but got {len(widths)} and {len(depths)}."
             )
-        return {"widths": widths, "depths": depths}
+        checkpoint = options.get("checkpoint")
+        if checkpoint is None:
+            return {"widths": widths, "depths": depths}
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise SqueezeError(f"`task.model.checkpoint` must be a file path string, but got {checkpoint!r}.")
+        return {"widths": widths, "depths": depths, "checkpoint": checkpoint}
 
     def build(
         self,

@@ -72,10 +72,14 @@ def list_families() -> list[str]:
 
 
 def get_family(name: str) -> ModelFamily:
-    """The family registered under ``name``."""
+    """The family registered under ``name``, or a user's factory named ``package.module:factory``."""
+    if isinstance(name, str) and ":" in name:
+        from ._user import ModuleFamily
+
+        return ModuleFamily(name)
     try:
         return _FAMILIES[name]()
     except KeyError:
         raise SqueezeError(
-            f"`task.family` must be one of {list_families()}, but got {name!r}."
+            f"`task.family` must be one of {list_families()} or `package.module:factory`, but got {name!r}."
         ) from None
