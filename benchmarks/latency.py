@@ -10,6 +10,8 @@ ratio, interquartile range), at batch 1 and batch 32:
 - ``int8``: every layer at 8 bits, nothing pruned; target at least 1.8x faster than the teacher;
 - ``half-float``: every convolution keeps 50% of its channels, all left in float; target 1.6x.
 
+The int8 artifact is also timed against the teacher run channels-last (NHWC), the fastest float
+layout found for it here, so the speedup is not flattered by a weak float baseline.
 ``--engines`` also times the int8 artifact built for each of PyTorch's quantized CPU engines, and
 ``--eager`` adds the unfolded float teacher as a second baseline.
 
@@ -19,10 +21,12 @@ ratio, interquartile range), at batch 1 and batch 32:
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from squeeze.objectives import (
     CompressSpec,
@@ -43,6 +47,17 @@ OPTIONS = {"widths": [64, 128, 256], "depths": [2, 2, 2]}
 TARGETS = {"int8": 1.8, "half-float": 1.6}
 BATCHES = (1, 32)
 ENGINES = ("x86", "fbgemm", "onednn")
+
+
+class ChannelsLast(nn.Module):
+    """A float model run in the channels-last memory layout, inputs converted on the way in."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
 def _data(folder: str | None, limit: int):
@@ -98,14 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     rows = []
     example = data.x_train[:1]
+    baselines = {"folded float teacher": deployed, "folded float teacher, channels-last": ChannelsLast(deployed)}
     for name, blob in artifacts.items():
         module = decode(blob).module
-        for batch in BATCHES:
-            lat = measure(module, deployed, example, spec=LatencySpec(batch=batch, threads=args.threads, repeats=args.repeats))
-            speedup = 1 / lat.ratio
-            passed = speedup >= TARGETS[name]
-            ok &= passed
-            rows.append((name, "folded float teacher", batch, lat, f">= {TARGETS[name]}x", "yes" if passed else "NO"))
+        for base, reference in baselines.items():
+            if name != "int8" and base != "folded float teacher":
+                continue  # a float candidate is compared in its own (default) layout
+            for batch in BATCHES:
+                spec = LatencySpec(batch=batch, threads=args.threads, repeats=args.repeats)
+                lat = measure(module, reference, example, spec=spec)
+                passed = 1 / lat.ratio >= TARGETS[name]
+                ok &= passed
+                rows.append((name, base, batch, lat, f">= {TARGETS[name]}x", "yes" if passed else "NO"))
     if args.eager:
         for batch in BATCHES:
             lat = measure(deployed, teacher, example, spec=LatencySpec(batch=batch, threads=args.threads, repeats=args.repeats))
