@@ -298,12 +298,11 @@ def decode(blob: bytes, *, source: str = "artifact") -> Loaded:
         act_zps = reader.array("u1", count).tolist()
         folded.load_state_dict(state, strict=True)
         module = to_int8(folded, dict(plan.bits), scales, list(zip(act_scales, act_zps)), example=arch.example())
-    except SqueezeError:
-        raise
     except Exception as exc:  # noqa: BLE001 - a checksummed file that does not parse is of another make
+        reason = (str(exc).strip().splitlines() or [""])[0][:160].rstrip(".")
         raise SqueezeError(
             f"`{source}` is not a valid squeeze artifact: its checksum holds but its contents do not parse "
-            f"({type(exc).__name__}: {exc})."
+            f"({type(exc).__name__}{': ' + reason if reason else ''})."
         ) from None
     return Loaded(
         module=module, arch=arch, plan=plan, card=card, sha256=hashlib.sha256(blob).hexdigest(),

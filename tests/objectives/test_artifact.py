@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -170,11 +171,14 @@ def test_damaged_files_say_so_in_one_sentence(built, tmp_path: Path) -> None:
         "foreign": (b"\x89PNG\r\n\x1a\n" + blob[8:], "is not a squeeze artifact"),
         "empty": (b"", "is not a squeeze artifact"),
     }
+    body = blob[:-8].replace(b'"classifier":32', b'"classifier":99', 1)  # re-checksummed: parses, but is wrong
+    cases["forged"] = (body + hashlib.sha256(body).digest()[:8], "not a valid squeeze artifact: its checksum holds")
     for name, (data, message) in cases.items():
         path = tmp_path / f"{name}.squeeze"
         path.write_bytes(data)
-        with pytest.raises(SqueezeError, match=message):
+        with pytest.raises(SqueezeError, match=message) as info:
             load_artifact(path)
+        assert "\n" not in str(info.value) and str(info.value).endswith(".")
     with pytest.raises(SqueezeError, match="cannot read artifact"):
         load_artifact(tmp_path / "missing.squeeze")
 
