@@ -1,11 +1,12 @@
 """How a plan is judged: tasks (data), training, compression, materialization and measurement."""
 
+from . import _folders  # noqa: F401  (registers the folder tasks: cifar10, cifar100, imagefolder)
 from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
 from ._evaluate import Judged, evaluate_plan, teacher_artifact
 from ._latency import Latency, LatencySpec, cpu_model, measure
-from ._tasks import TaskData, list_tasks, load_task, register_task
-from ._train import DivergedError, TrainingBudget, accuracy, train_teacher
+from ._tasks import TaskData, list_tasks, load_task, register_task, task_loader
+from ._train import DivergedError, TrainingBudget, accuracy, train_teacher, training_device
 
 __all__ = [
     "PRUNERS",
@@ -30,6 +31,8 @@ __all__ = [
     "measure",
     "register_task",
     "size_floor",
+    "task_loader",
     "teacher_artifact",
     "train_teacher",
+    "training_device",
 ]

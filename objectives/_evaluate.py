@@ -6,6 +6,7 @@ same bytes ``squeeze export`` writes, running the same integer arithmetic.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from ._compress import CompressSpec, channel_keep, weight_scales
 from ._latency import Latency, LatencySpec, measure
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
 from ._tasks import TaskData
-from ._train import TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss
+from ._train import TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device
 
 CALIBRATION_SAMPLES = 512
 
@@ -38,10 +39,15 @@ class Judged:
     sha256: str
     plan: CompressionPlan
     timings: Mapping[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    """Where distillation and fine-tuning ran (pruner masks, quantization-aware steps and every
+    measurement run on the CPU: latency is measured on the CPU, the target the int8 artifact is built for)."""
 
     def attrs(self) -> dict[str, Any]:
-        """Trial attributes: absolute figures, timings and the artifact digest."""
+        """Trial attributes: absolute figures, timings, devices and the artifact digest."""
         return {
+            "device": self.device,
+            "latency_device": "cpu",
             "plan": self.plan.to_dict(),
             "accuracy": self.accuracy,
             "size_bytes": self.size_bytes,
@@ -81,12 +87,15 @@ def evaluate_plan(
     seed: int,
     card: Mapping[str, Any] | None = None,
     check: Callable[[str, nn.Module], None] | None = None,
+    device: str = "cpu",
 ) -> Judged:
     """Build, train, compress and materialize the candidate ``plan``; measure its three objectives.
 
     ``teacher`` is the float teacher that students distil from; ``teacher_deployed`` is the
     teacher's own artifact, decoded, which is what latency is compared against. ``check`` is
     called after each stage with the stage's name and model (early stopping hooks in there).
+    ``device`` (``cpu`` or ``cuda``) is where distillation and fine-tuning run when it is present;
+    the rest runs on the CPU, and latency is measured there.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -101,7 +110,11 @@ def evaluate_plan(
     example = data.x_train[:1]
     student = family.build(options, in_channels=data.in_channels, num_classes=data.num_classes, student=plan.student or None)
     init_from_teacher(student, teacher)
-    distil(student, teacher, data.x_train, data.y_train, steps=budget.distill_steps, budget=budget, seed=seed)
+    train_on = training_device(device)
+    # The shared teacher stays on the CPU for the steps that run there; a copy goes to the GPU.
+    teacher_on = teacher if train_on.type == "cpu" else copy.deepcopy(teacher).to(train_on)
+    distil(student, teacher_on, data.x_train, data.y_train, steps=budget.distill_steps, budget=budget, seed=seed,
+           device=train_on)
     lap("distil")
     if check:
         check("distil", student)
@@ -120,8 +133,9 @@ def evaluate_plan(
     )
     remove_channels(student, keep, example=example)
     lap("prune")
-    distil(student, teacher, data.x_train, data.y_train, steps=budget.finetune_steps, budget=budget,
-           seed=seed + 2, lr=budget.lr / 3, stage="fine-tune")
+    distil(student, teacher_on, data.x_train, data.y_train, steps=budget.finetune_steps, budget=budget,
+           seed=seed + 2, lr=budget.lr / 3, stage="fine-tune", device=train_on)
+    del teacher_on
     lap("finetune")
 
     folded = fold_batchnorm(student)
@@ -175,4 +189,5 @@ def evaluate_plan(
         sha256=hashlib.sha256(blob).hexdigest(),
         plan=plan,
         timings=timings,
+        device=train_on.type,
     )

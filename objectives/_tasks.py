@@ -3,8 +3,11 @@
 A task is a loader registered by name (timm's ``@register_model`` habit) and called through
 :func:`load_task`. Every loader returns a :class:`TaskData` whose inputs are normalised with a
 mean and standard deviation computed on the training part only, so nothing about the held-out
-part leaks into training. Nothing is ever downloaded: MNIST-like tasks read a local folder of
-IDX files, the format of LeCun's site and of torchvision's ``raw/`` folders.
+part leaks into training, unless the study file gives its own (``[task.options] mean`` and
+``std``, as torchvision's ``Normalize`` takes them, on pixel values in [0, 1]). ``input_size``
+resizes every image. Nothing is ever downloaded: MNIST-like tasks read a local folder of IDX
+files, the format of LeCun's site and of torchvision's ``raw/`` folders; CIFAR-10/100, ImageFolder
+trees and a user's own ``package.module:function`` are in ``_folders.py``.
 """
 
 from __future__ import annotations
@@ -103,10 +106,7 @@ def load_task(
     ``options`` is the study file's ``[task.options]`` table; ``data_dir`` is the folder the task
     reads (``task.data``), ignored by tasks that bring their own data.
     """
-    try:
-        loader = _TASKS[name]
-    except (KeyError, TypeError):
-        raise SqueezeError(f"`task.dataset` must be one of {list_tasks()}, but got {name!r}.") from None
+    loader = task_loader(name)
     if not isinstance(options, Mapping):
         raise SqueezeError(f"`task.options` must be a table, but got {options!r}.")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
@@ -115,6 +115,23 @@ def load_task(
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise SqueezeError(f"`seed` must be an integer in [0, 2**32), but got {seed!r}.")
     return loader(options, seed=seed, holdout=float(holdout), data_dir=None if data_dir is None else Path(data_dir))
+
+
+def task_loader(name: str) -> TaskLoader:
+    """The loader of task ``name``: a registered name, or a user's ``package.module:function``.
+
+    Raises a SqueezeError naming ``task.dataset`` when the name is unknown or does not import.
+    """
+    if isinstance(name, str) and ":" in name:
+        from ._folders import user_task
+
+        return user_task(name)
+    try:
+        return _TASKS[name]
+    except (KeyError, TypeError):
+        raise SqueezeError(
+            f"`task.dataset` must be one of {list_tasks()}, but got {name!r}; a user's data set is named `package.module:function`."
+        ) from None
 
 
 # --- shared helpers ---------------------------------------------------------------------------
@@ -133,6 +150,70 @@ def _check_options(task: str, options: Mapping[str, Any], allowed: tuple[str, ..
             raise SqueezeError(f"`task.options.{key}` must be a positive integer, but got {value!r}.")
         checked[key] = value
     return checked
+
+
+IMAGE_OPTIONS = ("holdout_limit", "input_size", "limit", "mean", "std")
+"""``[task.options]`` keys every image task takes."""
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Checked image-task options: sample limits, the input size and a fixed normalisation."""
+
+    limit: int | None = None
+    holdout_limit: int | None = None
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _image_options(task: str, options: Mapping[str, Any], *, extra: tuple[str, ...] = ()) -> ImageOptions:
+    """Check the image options of ``task`` (``extra`` keys are left to the loader to check)."""
+    allowed = (*IMAGE_OPTIONS, *extra)
+    _check_options(task, {k: v for k, v in options.items() if k not in ("input_size", "mean", "std", *extra)}, allowed)
+    size = options.get("input_size")
+    if size is not None:
+        pair = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
+        if not isinstance(pair, list) or len(pair) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in pair
+        ):
+            raise SqueezeError(
+                f"`task.options.input_size` must be a positive integer or a list [height, width] of two, but got {size!r}."
+            )
+        size = (pair[0], pair[1])
+    stats: dict[str, tuple[float, ...] | None] = {}
+    for key in ("mean", "std"):
+        value = options.get(key)
+        if value is None:
+            stats[key] = None
+            continue
+        values = [value] if not isinstance(value, list) else value
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise SqueezeError(f"`task.options.{key}` must be a number or a list of numbers (one per channel), but got {value!r}.")
+        if key == "std" and min(values) <= 0:
+            raise SqueezeError(f"`task.options.std` must be positive, but got {value!r}.")
+        stats[key] = tuple(float(v) for v in values)
+    if (stats["mean"] is None) != (stats["std"] is None):
+        given, missing = ("mean", "std") if stats["std"] is None else ("std", "mean")
+        raise SqueezeError(f"`task.options.{given}` is given without `task.options.{missing}`; give both or neither.")
+    return ImageOptions(
+        limit=options.get("limit"), holdout_limit=options.get("holdout_limit"), input_size=size,
+        mean=stats["mean"], std=stats["std"], extra={k: options[k] for k in extra if k in options},
+    )
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Bilinear resize with antialiasing, in chunks (a whole data set at once would double its memory)."""
+    if size is None or tuple(x.shape[2:]) == size:
+        return x
+    import torch.nn.functional as F
+
+    chunks = [
+        F.interpolate(x[i : i + 2048], size=size, mode="bilinear", antialias=True, align_corners=False)
+        for i in range(0, len(x), 2048)
+    ]
+    return torch.cat(chunks) if chunks else x.new_zeros(0, x.shape[1], *size)
 
 
 def _substream(seed: int, stream: int) -> int:
@@ -187,13 +268,30 @@ def _task_data(
     y_holdout: np.ndarray,
     *,
     num_classes: int,
+    image: ImageOptions | None = None,
 ) -> TaskData:
-    """Normalise per channel with statistics of the training part only and wrap as tensors."""
-    xt = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
-    xh = torch.from_numpy(np.ascontiguousarray(x_holdout, dtype=np.float32))
-    mean = xt.mean(dim=(0, 2, 3), keepdim=True)
-    std = xt.std(dim=(0, 2, 3), keepdim=True)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays finite, not NaN
+    """Resize to ``image.input_size``, normalise per channel and wrap as tensors.
+
+    The normalisation is ``image.mean`` and ``image.std`` when the study file gives them, else the
+    statistics of the training part only.
+    """
+    image = image or ImageOptions()
+    xt = _resize(torch.as_tensor(np.ascontiguousarray(x_train, dtype=np.float32)), image.input_size)
+    xh = _resize(torch.as_tensor(np.ascontiguousarray(x_holdout, dtype=np.float32)), image.input_size)
+    if image.mean is not None and image.std is not None:
+        channels = xt.shape[1]
+        for key, values in (("mean", image.mean), ("std", image.std)):
+            if len(values) not in (1, channels):
+                raise SqueezeError(
+                    f"`task.options.{key}` must give one number or one per channel ({channels}) of task {name!r}, "
+                    f"but gives {len(values)}."
+                )
+        mean = torch.tensor(image.mean).expand(channels).reshape(1, channels, 1, 1)
+        std = torch.tensor(image.std).expand(channels).reshape(1, channels, 1, 1)
+    else:
+        mean = xt.mean(dim=(0, 2, 3), keepdim=True)
+        std = xt.std(dim=(0, 2, 3), keepdim=True)
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays finite, not NaN
     return TaskData(
         name=name,
         x_train=(xt - mean) / std,
@@ -294,7 +392,7 @@ def _read_pair(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] | Non
 def _load_idx_folder(
     name: str, options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None
 ) -> TaskData:
-    opts = _check_options(name, options, ("holdout_limit", "limit"))
+    opts = _image_options(name, options)
     expected = "`train-images-idx3-ubyte` with `train-labels-idx1-ubyte`, or the same with `t10k-` (each optionally `.gz`)"
     if data_dir is None:
         raise SqueezeError(f"`task.data` must name a folder of IDX files ({expected}) for task {name!r}, but none was given.")
@@ -316,10 +414,10 @@ def _load_idx_folder(
         x_train, y_train, x_held, y_held = x[train], y[train], x[held], y[held]
     else:
         raise SqueezeError(f"`{data_dir}` (`task.data`) holds no IDX pair: expected {expected}.")
-    keep = _subsample(y_train, opts["limit"], seed=_substream(seed, 1), what="the training part")
-    keep_held = _subsample(y_held, opts["holdout_limit"], seed=_substream(seed, 2), what="the held-out part")
+    keep = _subsample(y_train, opts.limit, seed=_substream(seed, 1), what="the training part")
+    keep_held = _subsample(y_held, opts.holdout_limit, seed=_substream(seed, 2), what="the held-out part")
     return _task_data(
-        name, x_train[keep], y_train[keep], x_held[keep_held], y_held[keep_held], num_classes=10
+        name, x_train[keep], y_train[keep], x_held[keep_held], y_held[keep_held], num_classes=10, image=opts
     )
 
 

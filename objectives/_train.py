@@ -44,6 +44,13 @@ class TrainingBudget:
             raise SqueezeError(f"`training.alpha` must be a number in [0, 1], but got {self.alpha!r}.")
 
 
+def training_device(requested: str = "cpu") -> torch.device:
+    """Where training runs: ``cuda`` when the study asks for it and a GPU is present, else the CPU."""
+    if requested == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 class DivergedError(RuntimeError):
     """A loss became NaN or infinite; the trial fails, the study goes on."""
 
@@ -72,9 +79,14 @@ def train_teacher(
     budget: TrainingBudget,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Train ``model`` from scratch with cross-entropy for ``budget.teacher_epochs`` epochs."""
+    """Train ``model`` from scratch with cross-entropy for ``budget.teacher_epochs`` epochs.
+
+    Training runs on ``device``; the model comes back on the CPU.
+    """
     torch.manual_seed(seed)
+    model.to(device)
     steps_per_epoch = max(1, len(x) // budget.batch_size)
     total = budget.teacher_epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=1e-4)
@@ -83,7 +95,7 @@ def train_teacher(
     data = batches(x, y, batch_size=budget.batch_size, seed=seed)
     for step in range(total):
         xb, yb = next(data)
-        loss = F.cross_entropy(model(xb), yb)
+        loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
         _check(loss, "teacher")
         opt.zero_grad()
         loss.backward()
@@ -91,7 +103,7 @@ def train_teacher(
         sched.step()
         if progress is not None:
             progress(step + 1, total)
-    return model.eval()
+    return model.cpu().eval()
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *, budget: TrainingBudget) -> torch.Tensor:
@@ -114,18 +126,24 @@ def distil(
     seed: int,
     lr: float | None = None,
     stage: str = "distillation",
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Train ``student`` to match ``teacher`` for ``steps`` mini-batches (cosine-decayed LR)."""
+    """Train ``student`` to match ``teacher`` for ``steps`` mini-batches (cosine-decayed LR).
+
+    Training runs on ``device``, where ``teacher`` must already be; the student comes back on the CPU.
+    """
     if steps <= 0:
         return student.eval()
     torch.manual_seed(seed)
     teacher.eval()
+    student.to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=lr or budget.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     student.train()
     data = batches(x, y, batch_size=budget.batch_size, seed=seed)
     for _ in range(steps):
         xb, yb = next(data)
+        xb, yb = xb.to(device), yb.to(device)
         with torch.no_grad():
             t_logits = teacher(xb)
         loss = kd_loss(student(xb), t_logits, yb, budget=budget)
@@ -134,7 +152,7 @@ def distil(
         loss.backward()
         opt.step()
         sched.step()
-    return student.eval()
+    return student.cpu().eval()
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from squeeze.objectives import decode, load_task
-from squeeze.spaces import JointSpace, SqueezeError, get_family
+from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
 from ._pareto import FrontData, HypervolumeSample, Teacher, front_data, hypervolume, pareto_front
@@ -120,6 +120,10 @@ def _check_model(spec: StudySpec, data) -> None:
             f"model family {spec.task.family!r} cannot build a teacher from `task.model` = {dict(spec.task.model)} "
             f"for task {spec.task.dataset!r}: {type(exc).__name__}: {str(exc).rstrip('.')}."
         ) from None
+    checkpoint = checkpoint_of(spec.task.model)
+    if checkpoint:
+        # A checkpoint that does not fit is its own sentence (it names the file), found before anything is written.
+        load_checkpoint(model, checkpoint, family=spec.task.family)
 
 
 def _storing(ctx: Context, objective):

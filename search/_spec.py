@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from squeeze.objectives import CompressSpec, LatencySpec, TrainingBudget, list_tasks
+from squeeze.objectives import CompressSpec, LatencySpec, TrainingBudget, list_tasks, task_loader
 from squeeze.spaces import SpaceSpec, SparsityRange, SqueezeError, get_family
 
 DEFAULT_STORAGE = "sqlite:///studies/squeeze.db"
@@ -67,22 +67,34 @@ class StudyOptions:
             )
 
 
+DEVICES = ("cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """``[task]``: the data set, where it lies, the held-out fraction and the teacher family."""
+    """``[task]``: the data set, where it lies, the held-out fraction, the teacher family and the device.
+
+    ``dataset`` and ``family`` are registered names or a user's ``package.module:function``.
+    ``device`` is where training runs (``cuda`` falls back to the CPU where no GPU is present);
+    latency is always measured on the CPU, the deployment target of the int8 artifacts.
+    """
 
     dataset: str = "digits"
     family: str = "cnn"
     data: str | None = None
     holdout: float = 0.3
+    device: str = "cpu"
     options: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.family, str):
             raise SqueezeError(f"`task.family` must be a family name string, but got {self.family!r}.")
-        if self.dataset not in list_tasks():
-            raise SqueezeError(f"`task.dataset` must be one of {list_tasks()}, but got {self.dataset!r}.")
+        if not isinstance(self.dataset, str):
+            raise SqueezeError(f"`task.dataset` must be one of {list_tasks()}, but got {self.dataset!r}; a user's data set is named `package.module:function`.")
+        task_loader(self.dataset)
+        if self.device not in DEVICES:
+            raise SqueezeError(f"`task.device` must be one of {list(DEVICES)}, but got {self.device!r}.")
         if self.data is not None and not isinstance(self.data, str):
             raise SqueezeError(f"`task.data` must be a folder path string, but got {self.data!r}.")
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not 0 < self.holdout < 1:

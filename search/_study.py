@@ -35,8 +35,9 @@ from squeeze.objectives import (
     measure,
     teacher_artifact,
     train_teacher,
+    training_device,
 )
-from squeeze.spaces import JointSpace, SqueezeError, get_family
+from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
 from ._pareto import Point, Teacher, front_data, hypervolume, pareto_front
@@ -215,12 +216,18 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
     row = st.claim_teacher(ctx.engine, spec.study.name, owner, stale_after_s=GRACE_S)
     model = family.build(spec.task.model, in_channels=data.in_channels, num_classes=data.num_classes)
     if row is None:
-        log("training the teacher (once per study)")
+        checkpoint = checkpoint_of(spec.task.model)
+        log("loading the teacher's checkpoint" if checkpoint else "training the teacher (once per study)")
         stop = threading.Event()
         beat = threading.Thread(target=_beat, args=(ctx.engine, spec.study.name, owner, stop), daemon=True)
         beat.start()
         try:
-            train_teacher(model, data.x_train, data.y_train, budget=spec.training, seed=spec.study.seed)
+            if checkpoint:
+                # A trained teacher: no training; it is measured and stored like a trained one.
+                load_checkpoint(model, checkpoint, family=spec.task.family)
+            else:
+                train_teacher(model, data.x_train, data.y_train, budget=spec.training, seed=spec.study.seed,
+                              device=training_device(spec.task.device))
             weights = _state_bytes(model)
             art = teacher_artifact(model, family=family, options=spec.task.model, data=data)
             deployed = decode(art).module
@@ -322,9 +329,9 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
         judged = evaluate_plan(
             plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
             options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
-            latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number,
+            latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
         )
-        attrs = judged.attrs() | {"device": "cpu", "worker": socket.gethostname(), "_artifact": judged.artifact}
+        attrs = judged.attrs() | {"worker": socket.gethostname(), "_artifact": judged.artifact}
         values = (judged.accuracy, float(judged.size_bytes), judged.latency.ratio)
         constraints = budget_violations(spec, values)
         for key, violation in constraints.items():

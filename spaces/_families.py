@@ -81,5 +81,5 @@ def get_family(name: str) -> ModelFamily:
         return _FAMILIES[name]()
     except KeyError:
         raise SqueezeError(
-            f"`task.family` must be one of {list_families()} or `package.module:factory`, but got {name!r}."
+            f"`task.family` must be one of {list_families()}, but got {name!r}; a user's model is named `package.module:factory`."
         ) from None

@@ -58,6 +58,12 @@ def idx_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", list_tasks())
 def test_every_task_loads_with_the_documented_invariants(name: str, idx_folder: Path) -> None:
+    from _data_folders import write_cifar10, write_cifar100, write_imagefolder
+
+    # One folder in every layout: each task reads its own part of it.
+    write_cifar10(idx_folder)
+    write_cifar100(idx_folder)
+    write_imagefolder(idx_folder)
     data = _load(name, data_dir=idx_folder)
     assert data.name == name
     for x, y in ((data.x_train, data.y_train), (data.x_holdout, data.y_holdout)):
@@ -115,7 +121,7 @@ def test_bad_seed(seed) -> None:
 def test_unknown_option_names_the_key_and_the_allowed_ones(idx_folder: Path) -> None:
     with pytest.raises(SqueezeError, match=r"`task\.options\.limit` is not an option of task 'digits'; it takes no options"):
         _load("digits", options={"limit": 5})
-    with pytest.raises(SqueezeError, match=r"`task\.options\.lmit` .* the allowed keys are \['holdout_limit', 'limit'\]"):
+    with pytest.raises(SqueezeError, match=r"`task\.options\.lmit` .* the allowed keys are \['holdout_limit', 'input_size', 'limit', 'mean', 'std'\]"):
         _load("mnist", options={"lmit": 5}, data_dir=idx_folder)
 
 
