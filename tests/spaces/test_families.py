@@ -8,8 +8,6 @@ sparsity parameter per group of coupled channels, never the classifier's outputs
 from __future__ import annotations
 
 import random
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,43 +26,9 @@ TINY = {
 }
 """Small teachers of every registered family: the same graphs, few channels."""
 
-USER_MODULE = '''
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, in_channels, num_classes, width, blocks):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()) for _ in range(blocks)
-        )
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        x = self.stem(x)
-        for block in self.blocks:
-            x = x + block(x)
-        return self.head(x.mean((2, 3)))
-
-
-def make_net(*, in_channels=1, num_classes=10, width=8, blocks=2):
-    return Net(in_channels, num_classes, width, blocks)
-
-
-NOT_A_FUNCTION = 3
-'''
-USER_FAMILY = "sq_user_models:make_net"
+USER_FAMILY = "_user_models:make_net"
+"""A user's factory (tests/_user_models.py), as a study file names it."""
 USER_OPTIONS = {"kwargs": {"width": 8, "blocks": 2}, "knobs": {"width": [4, 8], "blocks": [1, 2]}}
-
-
-@pytest.fixture(scope="session")
-def user_module(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A user's model module on ``sys.path``; returns the family name."""
-    folder = tmp_path_factory.mktemp("user_models")
-    (folder / "sq_user_models.py").write_text(textwrap.dedent(USER_MODULE), encoding="utf-8")
-    sys.path.insert(0, str(folder))
-    return USER_FAMILY
 
 
 def families() -> list[str]:
@@ -89,7 +53,7 @@ def test_every_registered_family_has_tiny_options() -> None:
 
 @pytest.mark.parametrize("name", families())
 @pytest.mark.parametrize(("in_channels", "size"), [(1, 28), (3, 32)])
-def test_builds_for_small_inputs(name: str, in_channels: int, size: int, user_module: str) -> None:
+def test_builds_for_small_inputs(name: str, in_channels: int, size: int) -> None:
     family = get_family(name)
     options = family.check_options(_options(name))
     model = family.build(options, in_channels=in_channels, num_classes=7).eval()
@@ -98,7 +62,7 @@ def test_builds_for_small_inputs(name: str, in_channels: int, size: int, user_mo
 
 
 @pytest.mark.parametrize("name", families())
-def test_students_keep_the_teachers_names_and_groups(name: str, user_module: str) -> None:
+def test_students_keep_the_teachers_names_and_groups(name: str) -> None:
     family = get_family(name)
     options = family.check_options(_options(name))
     teacher = family.build(options, in_channels=1, num_classes=10)
@@ -116,7 +80,7 @@ def test_students_keep_the_teachers_names_and_groups(name: str, user_module: str
 
 
 @pytest.mark.parametrize("name", families())
-def test_the_classifier_outputs_are_never_offered(name: str, user_module: str) -> None:
+def test_the_classifier_outputs_are_never_offered(name: str) -> None:
     family = get_family(name)
     options = family.check_options(_options(name))
     model = family.build(options, in_channels=1, num_classes=10)
@@ -251,8 +215,8 @@ def test_the_imagenet_stem_is_torchvisions() -> None:
     assert model.conv1.kernel_size == (7, 7) and isinstance(model.maxpool, nn.MaxPool2d)
 
 
-def test_user_factory_knobs_build_students(user_module: str) -> None:
-    family = get_family(user_module)
+def test_user_factory_knobs_build_students() -> None:
+    family = get_family(USER_FAMILY)
     options = family.check_options(USER_OPTIONS)
     knobs = family.knobs(options, widths=(1.0,))
     assert [(k.kind, k.key, k.choices) for k in knobs] == [("kwarg", "width", (4, 8)), ("kwarg", "blocks", (1, 2))]
@@ -264,21 +228,21 @@ def test_user_factory_knobs_build_students(user_module: str) -> None:
 
 @pytest.mark.parametrize(("family", "message"), [
     ("no_such_package.models:make_net", r"`task\.family` = 'no_such_package\.models:make_net' does not import \(ModuleNotFoundError"),
-    ("sq_user_models:missing", r"`task\.family` = 'sq_user_models:missing': module `sq_user_models` has no attribute `missing`"),
-    ("sq_user_models:NOT_A_FUNCTION", r"is a int, not a function; expected `package\.module:factory`"),
+    ("_user_models:missing", r"`task\.family` = '_user_models:missing': module `_user_models` has no attribute `missing`"),
+    ("_user_models:NOT_A_FUNCTION", r"is a int, not a function; expected `package\.module:factory`"),
 ])
-def test_a_factory_that_does_not_import_names_the_key(family: str, message: str, user_module: str) -> None:
+def test_a_factory_that_does_not_import_names_the_key(family: str, message: str) -> None:
     with pytest.raises(SqueezeError, match=message):
         get_family(family)
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"kwargs": {"depth": 2}}, r"`task\.model\.kwargs\.depth` is not a keyword argument of sq_user_models:make_net"),
+    ({"kwargs": {"depth": 2}}, r"`task\.model\.kwargs\.depth` is not a keyword argument of _user_models:make_net"),
     ({"knobs": {"width": []}}, r"`task\.model\.knobs\.width` must be a non-empty list of choices"),
     ({"knobs": {"width": [4, "wide"]}}, r"of one type"),
     ({"kwargs": {"num_classes": 3}}, r"`task\.model\.kwargs\.num_classes` is set from the task's data"),
     ({"layers": 3}, r"unknown key `task\.model\.layers`"),
 ])
-def test_user_factory_options_are_checked(options: dict, message: str, user_module: str) -> None:
+def test_user_factory_options_are_checked(options: dict, message: str) -> None:
     with pytest.raises(SqueezeError, match=message):
-        get_family(user_module).check_options(options)
+        get_family(USER_FAMILY).check_options(options)
