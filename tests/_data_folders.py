@@ -22,6 +22,7 @@ def images(n: int, *, classes: int, size: int = 32, channels: int = 3, seed: int
 
 
 def _pickle(path: Path, obj: dict) -> None:
+    # String keys, as the original Python 2 batches read with encoding="latin1" (torchvision's reader) give.
     with path.open("wb") as f:
         pickle.dump(obj, f, protocol=2)
 
@@ -32,9 +33,9 @@ def write_cifar10(root: Path, *, per_batch: int = 20, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
         x, y = images(per_batch, classes=10, seed=seed + i)
-        _pickle(folder / name, {b"batch_label": name.encode(), b"labels": y.tolist(),
-                                b"data": x.reshape(len(x), -1), b"filenames": [f"{j}.png".encode() for j in range(len(x))]})
-    _pickle(folder / "batches.meta", {b"label_names": [f"c{k}".encode() for k in range(10)], b"num_vis": 3072})
+        _pickle(folder / name, {"batch_label": name.encode(), "labels": y.tolist(),
+                                "data": x.reshape(len(x), -1), "filenames": [f"{j}.png".encode() for j in range(len(x))]})
+    _pickle(folder / "batches.meta", {"label_names": [f"c{k}".encode() for k in range(10)], "num_vis": 3072})
     return root
 
 
@@ -44,9 +45,9 @@ def write_cifar100(root: Path, *, n: int = 200, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(("train", "test")):
         x, y = images(n, classes=100, seed=seed + i)
-        _pickle(folder / name, {b"data": x.reshape(len(x), -1), b"fine_labels": y.tolist(),
-                                b"coarse_labels": (y // 5).tolist(), b"filenames": [b"x.png"] * len(x)})
-    _pickle(folder / "meta", {b"fine_label_names": [b"f"] * 100, b"coarse_label_names": [b"c"] * 20})
+        _pickle(folder / name, {"data": x.reshape(len(x), -1), "fine_labels": y.tolist(),
+                                "coarse_labels": (y // 5).tolist(), "filenames": [b"x.png"] * len(x)})
+    _pickle(folder / "meta", {"fine_label_names": [b"f"] * 100, "coarse_label_names": [b"c"] * 20})
     return root
 
 
