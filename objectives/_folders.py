@@ -1,16 +1,14 @@
 """Tasks read from a user's folders: CIFAR-10/100, ImageFolder trees, and ``package.module:function``.
 
 Nothing is downloaded. CIFAR folders are read in torchvision's on-disk layout (what
-``torchvision.datasets.CIFAR10(root, download=True)`` leaves behind); their batches are pickles, read
-here by an unpickler that builds only numpy arrays and plain containers, so a planted file cannot run
-code. Every image task takes the options of ``_tasks.IMAGE_OPTIONS`` (``limit``, ``holdout_limit``,
+``torchvision.datasets.CIFAR10(root, download=True)`` leaves behind), by torchvision's reader, which
+unpickles a batch only after its checksum matches the published file. Every image task takes the options of ``_tasks.IMAGE_OPTIONS`` (``limit``, ``holdout_limit``,
 ``input_size``, ``mean``, ``std``).
 """
 
 from __future__ import annotations
 
 import inspect
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,74 +32,39 @@ from ._tasks import (
 # --- CIFAR ----------------------------------------------------------------------------------------
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles dicts, lists, strings, numbers and numpy arrays; refuses every other global."""
+def _cifar(name: str, options: Mapping[str, Any], *, seed: int, data_dir: Path | None, folder: str) -> TaskData:
+    """CIFAR-10 or -100 through torchvision's own reader, on the user's folder, never downloading.
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how protocol-2 pickles (torchvision's own) spell bytes
-    }
+    torchvision checks every batch file against the MD5 of the published data set before it
+    unpickles it, so only the original files are ever unpickled: a planted or altered file is
+    refused unread. (The project itself imports no pickle module.)
+    """
+    from torchvision import datasets
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it refers to `{module}.{name}`, which a data batch never needs")
-
-
-def _read_batch(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            raw = _ArraysOnly(f, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
-        raise SqueezeError(f"`{path}` is not a CIFAR batch: {str(exc).rstrip('.') or type(exc).__name__}.") from None
-    if not isinstance(raw, dict):
-        raise SqueezeError(f"`{path}` is not a CIFAR batch: it holds a {type(raw).__name__}, not a dict.")
-    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in raw.items()}
-
-
-def _batch_arrays(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``N, 3, 32, 32`` (uint8) and labels of one batch file."""
-    batch = _read_batch(path)
-    data, labels = batch.get("data"), batch.get(label_key)
-    if not isinstance(data, np.ndarray) or labels is None:
-        raise SqueezeError(f"`{path}` is not a CIFAR batch: expected keys `data` (an array) and `{label_key}`, found {sorted(batch)}.")
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise SqueezeError(
-            f"`{path}` is not a CIFAR batch: expected `data` of uint8 with 3072 values per image and one label each, "
-            f"but got {data.dtype} of shape {data.shape} and {len(labels)} labels."
-        )
-    return data.reshape(-1, 3, 32, 32), labels
-
-
-def _cifar(
-    name: str, options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None,
-    folder: str, train_files: Sequence[str], test_file: str, label_key: str, num_classes: int,
-) -> TaskData:
-    opts = _image_options(name, options, extra=("labels",) if name == "cifar100" else ())
+    opts = _image_options(name, options)
+    reader = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    files = [f for f, _ in (*reader.train_list, *reader.test_list)] + [reader.meta["filename"]]
     layout = (
-        f"torchvision's layout: a folder `{folder}` holding " + ", ".join(f"`{f}`" for f in (*train_files, test_file))
-        + f" (pickled batches, as torchvision.datasets.{name.upper()}(root, download=False) reads them), "
-        f"given as `task.data` or as that folder's parent"
+        f"torchvision's layout: a folder `{folder}` holding " + ", ".join(f"`{f}`" for f in files)
+        + f", the original files (torchvision checks their checksums), given as `task.data` or as that folder's parent"
     )
     if data_dir is None:
         raise SqueezeError(f"`task.data` must name a folder in {layout}, for task {name!r}, but none was given.")
     if not data_dir.is_dir():
         raise SqueezeError(f"`task.data` must be a folder in {layout}, but `{data_dir}` is not a folder.")
-    root = data_dir if data_dir.name == folder else data_dir / folder
-    present = [root / f for f in train_files if (root / f).is_file()]
-    if not root.is_dir() or not present or not (root / test_file).is_file():
-        raise SqueezeError(f"`{data_dir}` (`task.data`) is not in {layout}.")
-    parts = [_batch_arrays(p, label_key) for p in present]
-    x_train = np.concatenate([x for x, _ in parts])
-    y_train = np.concatenate([y for _, y in parts])
-    x_held, y_held = _batch_arrays(root / test_file, label_key)
-    for path, y in ((root / present[0].name, y_train), (root / test_file, y_held)):
-        if len(y) and (y.min() < 0 or y.max() >= num_classes):
-            raise SqueezeError(f"`{path}` must hold labels 0 to {num_classes - 1}, but holds {int(y.min())} to {int(y.max())}.")
+    root = data_dir.parent if data_dir.name == folder else data_dir
+    missing = [f for f in files if not (root / folder / f).is_file()]
+    if missing:
+        raise SqueezeError(f"`{data_dir}` (`task.data`) is not in {layout}; `{missing[0]}` is missing.")
+    try:
+        train = reader(str(root), train=True, download=False)
+        held = reader(str(root), train=False, download=False)
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        reason = str(exc).split(".")[0] or type(exc).__name__
+        raise SqueezeError(f"`{data_dir}` (`task.data`) is not in {layout}; torchvision says: {reason}.") from None
+    num_classes = len(train.classes)
+    x_train, y_train = train.data.transpose(0, 3, 1, 2), np.asarray(train.targets, dtype=np.int64)
+    x_held, y_held = held.data.transpose(0, 3, 1, 2), np.asarray(held.targets, dtype=np.int64)
     keep = _subsample(y_train, opts.limit, seed=_substream(seed, 1), what="the training part")
     keep_held = _subsample(y_held, opts.holdout_limit, seed=_substream(seed, 2), what="the held-out part")
     return _task_data(
@@ -112,21 +75,14 @@ def _cifar(
 
 @register_task("cifar10")
 def _load_cifar10(options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None) -> TaskData:
-    """CIFAR-10 from a local folder in torchvision's layout (``cifar-10-batches-py``)."""
-    return _cifar("cifar10", options, seed=seed, holdout=holdout, data_dir=data_dir, folder="cifar-10-batches-py",
-                  train_files=[f"data_batch_{i}" for i in range(1, 6)], test_file="test_batch", label_key="labels",
-                  num_classes=10)
+    """CIFAR-10 from a local folder in torchvision's layout (``cifar-10-batches-py``); its test batch is held out."""
+    return _cifar("cifar10", options, seed=seed, data_dir=data_dir, folder="cifar-10-batches-py")
 
 
 @register_task("cifar100")
 def _load_cifar100(options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None) -> TaskData:
-    """CIFAR-100 from a local folder in torchvision's layout (``cifar-100-python``); option ``labels``: fine or coarse."""
-    labels = options.get("labels", "fine")
-    if labels not in ("fine", "coarse"):
-        raise SqueezeError(f"`task.options.labels` must be 'fine' (100 classes) or 'coarse' (20), but got {labels!r}.")
-    return _cifar("cifar100", options, seed=seed, holdout=holdout, data_dir=data_dir, folder="cifar-100-python",
-                  train_files=["train"], test_file="test", label_key=f"{labels}_labels",
-                  num_classes=100 if labels == "fine" else 20)
+    """CIFAR-100 (its 100 fine classes) from a local folder in torchvision's layout (``cifar-100-python``)."""
+    return _cifar("cifar100", options, seed=seed, data_dir=data_dir, folder="cifar-100-python")
 
 
 # --- ImageFolder ----------------------------------------------------------------------------------

@@ -64,3 +64,11 @@ def write_imagefolder(root: Path, *, per_class: int = 6, classes: int = 3, size:
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{k}.png")
     return root
+
+
+def accept_generated_cifar(monkeypatch) -> None:
+    """Let torchvision's CIFAR reader take generated batches: it checks each file's MD5 against the
+    published data set, which no generated file can match (and which keeps planted files unread)."""
+    from torchvision.datasets import cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)

@@ -57,10 +57,11 @@ def idx_folder(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", list_tasks())
-def test_every_task_loads_with_the_documented_invariants(name: str, idx_folder: Path) -> None:
-    from _data_folders import write_cifar10, write_cifar100, write_imagefolder
+def test_every_task_loads_with_the_documented_invariants(name: str, idx_folder: Path, monkeypatch) -> None:
+    from _data_folders import accept_generated_cifar, write_cifar10, write_cifar100, write_imagefolder
 
     # One folder in every layout: each task reads its own part of it.
+    accept_generated_cifar(monkeypatch)
     write_cifar10(idx_folder)
     write_cifar100(idx_folder)
     write_imagefolder(idx_folder)

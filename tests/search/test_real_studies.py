@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
 
-from _data_folders import write_cifar10
+from _data_folders import accept_generated_cifar, write_cifar10
 from conftest import MNIST, REPO
 from squeeze.objectives import load_artifact
 from squeeze.search import _storage
@@ -57,6 +57,12 @@ sparsity = [0.0, 0.5]
 bits = [8, 32]
 width = [0.5, 1.0]
 """
+
+
+@pytest.fixture(autouse=True)
+def _generated_cifar(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torchvision reads only the published CIFAR files (it checks their MD5); these are generated.
+    accept_generated_cifar(monkeypatch)
 
 
 def _cli(capfd, *argv: str) -> tuple[int, str, str]:
@@ -154,7 +160,7 @@ def _wrong_layout(tmp_path: Path) -> tuple[list[str], str]:
     (folder / "cifar-10-batches-py").mkdir(parents=True)
     (folder / "cifar-10-batches-py" / "readme.txt").write_text("batches went elsewhere")
     path = _cifar_study(tmp_path, data=folder)
-    return ["run", str(path)], r"`.*pictures` \(`task\.data`\) is not in torchvision's layout: a folder `cifar-10-batches-py`"
+    return ["run", str(path)], r"`.*pictures` \(`task\.data`\) is not in torchvision's layout: a folder `cifar-10-batches-py` .*; `data_batch_1` is missing"
 
 
 def _family_does_not_import(tmp_path: Path) -> tuple[list[str], str]:
