@@ -152,6 +152,9 @@ class StudySpec:
             out[f.name] = json.loads(json.dumps(value, default=_jsonable))
         # The config is stored in the database and may be shown; the password must never be.
         out["study"]["storage"] = safe_url(out["study"]["storage"])
+        if out["task"].get("device") == "cpu":
+            # The default is left out, so studies stored before `task.device` existed still resume.
+            del out["task"]["device"]
         return out
 
     def comparable(self) -> dict[str, Any]:
