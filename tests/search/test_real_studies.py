@@ -185,3 +185,28 @@ def test_bad_input_is_one_sentence_naming_the_file_or_key(case, tmp_path: Path, 
     sentence = errors[0][len("error: "):]
     assert sentence.endswith(".") and re.search(expect, sentence), sentence
     assert not (tmp_path / "studies.db").exists()  # nothing was written
+
+
+def test_every_shipped_study_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from squeeze.search import load_spec
+    from squeeze.spaces import list_families
+
+    monkeypatch.chdir(REPO)  # the examples name paths and modules from the repository root
+    specs = [load_spec(p) for p in sorted((REPO / "studies").glob("*.toml"))]
+    assert set(list_families()) - {"cnn"} <= {s.task.family for s in specs}  # one example per family
+    assert any(":" in s.task.family for s in specs)
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason=f"no MNIST folder at {MNIST}")
+def test_the_user_model_example_runs_to_the_end(tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    db = tmp_path / "custom.db"
+    code, out, err = _cli(
+        capfd, "run", "studies/custom_mnist.toml", "--data", str(MNIST), "--trials", "2", "--storage", f"sqlite:///{db}",
+        *TINY_RUN, "--set", "task.options.limit=120", "--set", "task.options.holdout_limit=60",
+        "--set", "task.options.input_size=12", "--set", "task.model.kwargs={ width = 8, blocks = 2 }",
+        "--set", "task.model.knobs={ width = [4, 8], blocks = [1, 2] }",
+    )
+    assert code == 0, out + err
+    trials = _complete(db, "custom_mnist")
+    assert len(trials) == 2 and all("kwarg" in t.user_attrs["plan"]["student"] for t in trials)
