@@ -171,6 +171,11 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+def _printable(text: str) -> str:
+    """A key as it can be shown in a one-line message: control characters escaped."""
+    return text if text.isprintable() else json.dumps(text)[1:-1]
+
+
 def _positive_int(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SqueezeError(f"`{key}` must be a positive integer, but got {value!r}.")
@@ -191,9 +196,9 @@ _FREE_TABLES = {("task", "options"), ("task", "model")}
 def _check_values(key: str, value: Any, source: str) -> None:
     """Refuse what no key takes: NaN or infinite numbers, and TOML dates and times."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise SqueezeError(f"`{key}` in {source} must be a finite number, but got {value!r}.")
+        raise SqueezeError(f"`{_printable(key)}` in {source} must be a finite number, but got {value!r}.")
     if isinstance(value, (dt.date, dt.time)):
-        raise SqueezeError(f"`{key}` in {source} must not be a date or time, but got {value.isoformat()!r}.")
+        raise SqueezeError(f"`{_printable(key)}` in {source} must not be a date or time, but got {value.isoformat()!r}.")
     if isinstance(value, list):
         for item in value:
             _check_values(key, item, source)
@@ -210,7 +215,7 @@ def _build(section: str, cls: type, table: Any, source: str) -> Any:
     for key in table:
         if key not in allowed:
             raise SqueezeError(
-                f"unknown key `{section}.{key}` in {source}; `{section}` takes {sorted(allowed)}."
+                f"unknown key `{section}.{_printable(str(key))}` in {source}; `{section}` takes {sorted(allowed)}."
             )
     kwargs = dict(table)
     for key, value in kwargs.items():
@@ -296,7 +301,7 @@ def spec_from_dict(doc: Mapping[str, Any], *, source: str = "<string>") -> Study
     unknown = set(doc) - set(_SECTIONS)
     if unknown:
         raise SqueezeError(
-            f"unknown table `{sorted(map(str, unknown))[0]}` in {source}; a study file has {sorted(_SECTIONS)}."
+            f"unknown table `{_printable(sorted(map(str, unknown))[0])}` in {source}; a study file has {sorted(_SECTIONS)}."
         )
     study = doc.get("study", {})
     if isinstance(study, Mapping) and "name" not in study:

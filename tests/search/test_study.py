@@ -59,13 +59,13 @@ def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
 
 
 def test_size_budget_makes_the_front_feasible(tiny_study) -> None:
-    path = tiny_study(name="budget", trials=4, references=True, extra="\n[objectives]\nmax_size_kb = 2.5\n")
+    path = tiny_study(name="budget", trials=4, references=True, extra="\n[objectives]\nmax_size_kb = 1.5\n")
     spec = load_spec(path)
     _api.run(spec)
     data = _api.front(_api.resolve(str(path)))
     study = optuna.load_study(study_name="budget", storage=spec.study.storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert any(t.values[1] > 2.5 * 1024 for t in complete), "the budget should bind for this test to mean anything"
-    assert all(p.size_bytes <= 2.5 * 1024 for p in data.front)
+    assert any(t.values[1] > 1.5 * 1024 for t in complete), f"{[t.values[1] for t in complete]}: the budget should bind for this test to mean anything"
+    assert all(p.size_bytes <= 1.5 * 1024 for p in data.front)
     for t in complete:
-        assert t.user_attrs["feasible"] == (t.values[1] <= 2.5 * 1024)
+        assert t.user_attrs["feasible"] == (t.values[1] <= 1.5 * 1024)
