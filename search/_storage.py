@@ -4,7 +4,9 @@
 - ``squeeze_studies``: each study's config as submitted;
 - ``squeeze_teachers``: the teacher checkpoint (weights, sha256, measured figures), one row per
   study; the row is claimed before training, so concurrent workers train it once;
-- ``squeeze_snapshots``: the Pareto front and its hypervolume every N completed trials.
+- ``squeeze_snapshots``: the Pareto front and its hypervolume every N completed trials;
+- ``squeeze_workers``: one row per worker process that joined a study, with its heartbeat, so that
+  ``squeeze status`` shows the live ones (times are the database's clock, not the machines').
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import socket
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +29,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from squeeze.spaces import SqueezeError
+
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite studies are then guarded by SQLite's own locking only
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
 STORAGE_ENV = "SQUEEZE_STORAGE"
@@ -70,6 +79,21 @@ class SnapshotRow(Base):
     hypervolume: Mapped[float]
     elapsed_s: Mapped[float | None]
     created_at: Mapped[dt.datetime]
+
+
+class WorkerRow(Base):
+    __tablename__ = "squeeze_workers"
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    study: Mapped[str] = mapped_column(sa.String(512), index=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int]
+    worker: Mapped[int]
+    state: Mapped[str] = mapped_column(sa.String(16))  # "waiting", "working" or "stopped"
+    trial: Mapped[int | None]
+    completed: Mapped[int]
+    failed: Mapped[int]
+    started_at: Mapped[dt.datetime]
+    heartbeat: Mapped[dt.datetime]
 
 
 class ArtifactRow(Base):
@@ -293,9 +317,27 @@ def row_counts(engine: sa.Engine) -> dict[str, int]:
 
 @contextlib.contextmanager
 def study_lock(engine: sa.Engine, study: str) -> Iterator[None]:
-    """A cross-process lock per study: a PostgreSQL advisory lock; SQLite's own write lock."""
+    """A cross-process lock per study.
+
+    PostgreSQL: an advisory lock, held by one connection for the ``with`` block (it is released
+    by the server if the process dies). SQLite (one machine by nature): an exclusive ``flock`` on a
+    file beside the database, so local processes still get an exact budget.
+    """
+    with _named_lock(engine, f"squeeze:{study}"):
+        yield
+
+
+@contextlib.contextmanager
+def schema_lock(engine: sa.Engine) -> Iterator[None]:
+    """Serialize table creation: concurrent ``CREATE TABLE``s of a new database collide in PostgreSQL."""
+    with _named_lock(engine, "squeeze:schema"):
+        yield
+
+
+@contextlib.contextmanager
+def _named_lock(engine: sa.Engine, name: str) -> Iterator[None]:
     if engine.dialect.name == "postgresql":
-        key = zlib.crc32(f"squeeze:{study}".encode()) & 0x7FFFFFFF
+        key = zlib.crc32(name.encode()) & 0x7FFFFFFF
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
@@ -303,8 +345,140 @@ def study_lock(engine: sa.Engine, study: str) -> Iterator[None]:
             finally:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
-    else:
+        return
+    database = engine.url.database
+    if not database or database == ":memory:" or fcntl is None:
         yield
+        return
+    path = Path(f"{database}-lock")  # beside SQLite's own -journal and -wal files
+    with open(path, "a+b") as handle:
+        # One lock file per database: a study lock and the schema lock never nest, so one file is enough.
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- trials and workers
+# Read-only views of Optuna's own tables (its schema is never changed): the worker loop needs counts
+# and stale trials cheaply, without loading every trial of a large study.
+
+_trials = sa.table("trials", sa.column("trial_id", sa.Integer), sa.column("number", sa.Integer),
+                   sa.column("study_id", sa.Integer), sa.column("state", sa.String),
+                   sa.column("datetime_start", sa.DateTime))
+_RUNNING = sa.literal_column("'RUNNING'")  # an untyped literal: PostgreSQL stores the state as an enum
+_heartbeats = sa.table("trial_heartbeats", sa.column("trial_id", sa.Integer), sa.column("heartbeat", sa.DateTime))
+
+
+def db_now(conn: sa.Connection) -> dt.datetime:
+    """The database's clock, as naive UTC: one clock for every machine of a study."""
+    return _naive_utc(conn.execute(sa.select(sa.func.now())).scalar_one())
+
+
+def trial_state_counts(engine: sa.Engine, study_id: int) -> dict[str, int]:
+    """Trials of a study by state name (every state present, zeros included)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(_trials.c.state, sa.func.count()).where(_trials.c.study_id == study_id).group_by(_trials.c.state)
+        ).all()
+    counts = {name: 0 for name in ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")}
+    for state, count in rows:
+        counts[str(state).split(".")[-1]] = int(count)
+    return counts
+
+
+def stale_trials(engine: sa.Engine, study_id: int, *, grace_s: float) -> list[tuple[int, int]]:
+    """(trial id, number) of running trials whose last heartbeat, or start if none, is older than ``grace_s``.
+
+    Heartbeats are written with the database's clock (Optuna's ``record_heartbeat``) and compared
+    with it; a trial's start is Optuna's naive-UTC machine time, compared with this machine's.
+    """
+    with engine.connect() as conn:
+        now = db_now(conn)
+        rows = conn.execute(
+            sa.select(_trials.c.trial_id, _trials.c.number, _trials.c.datetime_start, _heartbeats.c.heartbeat)
+            .select_from(_trials.outerjoin(_heartbeats, _heartbeats.c.trial_id == _trials.c.trial_id))
+            .where(_trials.c.study_id == study_id, _trials.c.state == _RUNNING)
+        ).all()
+    grace = dt.timedelta(seconds=grace_s)
+    out = []
+    for trial_id, number, started, beat in rows:
+        if beat is not None:
+            if _naive_utc(beat) < now - grace:
+                out.append((trial_id, number))
+        elif started is not None and started < dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - grace:
+            out.append((trial_id, number))
+    return sorted(out)
+
+
+def _naive_utc(value: dt.datetime | str) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def register_worker(engine: sa.Engine, study: str, *, worker: int, sole: bool, within_s: float) -> str:
+    """Add this process to the study's workers; returns its id.
+
+    ``sole`` (SQLite): refuse when another worker of the study is alive (a heartbeat within
+    ``within_s`` seconds, and, on this host, a running process): SQLite has one writer at a time.
+    Call it under :func:`study_lock` so two starting workers cannot both pass the check.
+    """
+    host, pid = socket.gethostname()[:255], os.getpid()
+    if sole:
+        for other in live_workers(engine, study, within_s=within_s):
+            if other.host == host and not _pid_alive(other.pid):
+                continue
+            raise SqueezeError(
+                f"study {study!r} already has a live worker (pid {other.pid} on {other.host}) and its storage is "
+                f"SQLite, which takes one writer at a time; use PostgreSQL (`--storage postgresql+psycopg://...` "
+                f"or ${STORAGE_ENV}) for several workers, or wait until that one stops."
+            )
+    worker_id = uuid.uuid4().hex
+    with Session(engine) as s:
+        now = db_now(s.connection())
+        s.add(WorkerRow(id=worker_id, study=study, host=host, pid=pid, worker=worker, state="waiting", trial=None,
+                        completed=0, failed=0, started_at=now, heartbeat=now))
+        s.commit()
+    return worker_id
+
+
+def beat_worker(engine: sa.Engine, worker_id: str, *, state: str, trial: int | None, completed: int,
+                failed: int) -> None:
+    """Record a worker's heartbeat, what it is doing, and its tallies."""
+    with Session(engine) as s:
+        s.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id).values(
+            state=state, trial=trial, completed=completed, failed=failed, heartbeat=db_now(s.connection())))
+        s.commit()
+
+
+def live_workers(engine: sa.Engine, study: str, *, within_s: float) -> list[WorkerRow]:
+    """The study's workers that have not stopped and beat within the last ``within_s`` seconds."""
+    if "squeeze_workers" not in sa.inspect(engine).get_table_names():
+        return []
+    with Session(engine) as s:
+        cutoff = db_now(s.connection()) - dt.timedelta(seconds=within_s)
+        rows = list(s.scalars(
+            sa.select(WorkerRow)
+            .where(WorkerRow.study == study, WorkerRow.state != "stopped", WorkerRow.heartbeat >= cutoff)
+            .order_by(WorkerRow.started_at)
+        ))
+        for r in rows:
+            s.expunge(r)
+        return rows
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def store_artifact(engine: sa.Engine, study: str, trial: int, data: bytes, sha256: str) -> None:

@@ -3,16 +3,14 @@
 Workers use Optuna's ask-and-tell interface rather than ``study.optimize`` so that the global
 budget can be reserved under a lock: a trial starts only while completed + running trials are
 below the budget, which makes the final count exact however many workers share the study.
+The worker loop itself (budget, heartbeats, stale-trial retry, signals) is in ``_workers.py``.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import signal
 import socket
 import threading
-import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from squeeze.objectives import (
@@ -41,7 +39,8 @@ from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, 
 
 from . import _storage as st
 from ._pareto import Point, Teacher, front_data, hypervolume, pareto_front
-from ._spec import StudySpec
+from ._spec import StudyOptions, StudySpec
+from ._workers import Interrupted, Objective, WorkerReport, retry_callback, state_counts, work, worker_seed  # noqa: F401 (re-exported)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # We drive heartbeats ourselves around ask-and-tell (see _TrialHeartbeat), which Optuna warns about.
@@ -49,24 +48,21 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DIRECTIONS = ["maximize", "minimize", "minimize"]
-HEARTBEAT_S = 5
-GRACE_S = 20
+HEARTBEAT_S = StudyOptions.heartbeat_s
+GRACE_S = StudyOptions.grace_s
+"""Defaults; a study's own are ``spec.study.heartbeat_s`` and ``spec.study.grace_s``."""
 REFERENCE_GRID = ((8, 0.0), (4, 0.0), (8, 0.5), (4, 0.5))
 """Uniform policies a person would try first: (bits, sparsity) for every layer, full width."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived while a trial was running."""
-
-
-def _optuna_storage(url: str) -> RDBStorage:
+def _optuna_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
     st.ensure_sqlite_folder(url)
     return RDBStorage(
         url,
         engine_kwargs={"pool_pre_ping": True} | ({"connect_args": {"timeout": 60}} if st.is_sqlite(url) else {}),
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        heartbeat_interval=heartbeat_s,
+        grace_period=grace_s,
+        heartbeat_stale_trial_callback=retry_callback(),
     )
 
 
@@ -89,11 +85,6 @@ def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSa
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise SqueezeError(f"`study.sampler` must be one of auto, tpe, nsga2, nsga3, gp, random, but got {name!r}.")
-
-
-def worker_seed(seed: int, worker: int) -> int:
-    """Each worker samples with its own seed, derived from the study's seed and the worker id."""
-    return seed * 1_000_003 + worker * 7_919
 
 
 @dataclass
@@ -139,9 +130,11 @@ def connect(spec: StudySpec, *, create: bool) -> Context:
             difference = _diff(_comparable(stored), spec.comparable())
             if difference:
                 raise SqueezeError(f"cannot resume study {name!r}: {difference}; use a new study name.")
-    st.create_tables(engine)
-    storage = _optuna_storage(url)
-    study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, load_if_exists=True)
+    with st.schema_lock(engine):
+        # Several workers starting a new database at once would race on CREATE TABLE.
+        st.create_tables(engine)
+        storage = _optuna_storage(url, heartbeat_s=spec.study.heartbeat_s, grace_s=spec.study.grace_s)
+        study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, load_if_exists=True)
     with st.study_lock(engine, name):
         stored = st.save_config(engine, name, spec.to_dict())
         difference = _diff(_comparable(stored), spec.comparable())
@@ -171,22 +164,6 @@ def _study_exists(url: str, name: str) -> bool:
         return conn.execute(sa.text("SELECT COUNT(*) FROM studies WHERE study_name = :n"), {"n": name}).scalar_one() > 0
 
 
-def state_counts(ctx: Context) -> dict[str, int]:
-    """Trials by state, counted in the database (cheap even with thousands of trials)."""
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                "WHERE s.study_name = :n GROUP BY t.state"
-            ),
-            {"n": ctx.spec.study.name},
-        ).all()
-    counts = {s.name: 0 for s in TrialState}
-    for state, count in rows:
-        counts[str(state).split(".")[-1]] = int(count)
-    return counts
-
-
 # --------------------------------------------------------------------------- teacher
 
 
@@ -213,13 +190,14 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
     spec = ctx.spec
     family = get_family(spec.task.family)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    row = st.claim_teacher(ctx.engine, spec.study.name, owner, stale_after_s=GRACE_S)
+    row = st.claim_teacher(ctx.engine, spec.study.name, owner, stale_after_s=spec.study.grace_s)
     model = family.build(spec.task.model, in_channels=data.in_channels, num_classes=data.num_classes)
     if row is None:
         checkpoint = checkpoint_of(spec.task.model)
         log("loading the teacher's checkpoint" if checkpoint else "training the teacher (once per study)")
         stop = threading.Event()
-        beat = threading.Thread(target=_beat, args=(ctx.engine, spec.study.name, owner, stop), daemon=True)
+        beat = threading.Thread(target=_beat, args=(ctx.engine, spec.study.name, owner, stop, spec.study.heartbeat_s),
+                                daemon=True)
         beat.start()
         try:
             if checkpoint:
@@ -260,47 +238,15 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
                          latency_ms=row.latency_ms, sha256=row.sha256)
 
 
-def _beat(engine: sa.Engine, study: str, owner: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
-        st.beat_teacher(engine, study, owner)
+def _beat(engine: sa.Engine, study: str, owner: str, stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            st.beat_teacher(engine, study, owner)
+        except Exception:  # noqa: BLE001 - a missed beat only risks another worker taking over
+            pass
 
 
 # --------------------------------------------------------------------------- workers
-
-
-class _TrialHeartbeat:
-    """Records the running trial's heartbeat every few seconds, in a daemon thread."""
-
-    def __init__(self, storage: RDBStorage, trial_id: int) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(storage, trial_id), daemon=True)
-
-    def _run(self, storage: RDBStorage, trial_id: int) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - a missed beat only risks a retry
-                pass
-
-    def __enter__(self) -> _TrialHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-@dataclass
-class WorkerReport:
-    completed: int
-    failed: int
-    budget_completed: int
-    interrupted: bool
-
-
-Objective = Callable[[optuna.Trial], tuple[tuple[float, float, float], dict[str, Any]]]
-"""A trial function: returns the three values and the attributes to record."""
 
 
 def budget_violations(spec: StudySpec, values: tuple[float, float, float]) -> dict[str, float]:
@@ -364,88 +310,30 @@ def run_worker(
     objective: Objective,
     *,
     worker: int = 0,
-    on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial | None], None] | None = None,
+    on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial], None] | None = None,
     poll_s: float = 1.0,
     handle_signals: bool = True,
     teacher: Teacher | None = None,
 ) -> WorkerReport:
     """Run trials until the study holds ``spec.study.trials`` completed ones, or a signal arrives.
 
-    SIGINT/SIGTERM: no new trial starts; a running one is failed cleanly ("interrupted") and
-    the worker returns. Stale trials of dead workers are failed (and retried once) first.
+    The budget is global and exact; stale trials of dead workers are failed (and retried once)
+    first; SIGINT/SIGTERM let no new trial start, fail the running one cleanly and return (see
+    ``_workers.py``). With ``teacher``, the front and its hypervolume are snapshotted every
+    ``study.snapshot_every`` completed trials.
     """
     spec = ctx.spec
-    budget = spec.study.trials
-    sampler = make_sampler(spec.study.sampler, seed=worker_seed(spec.study.seed, worker), trials=budget)
-    study = optuna.load_study(study_name=spec.study.name, storage=ctx.storage, sampler=sampler)
-    stop = threading.Event()
-    state = {"in_trial": False}
-    previous: dict[int, Any] = {}
+    sampler = make_sampler(spec.study.sampler, seed=worker_seed(spec.study.seed, worker), trials=spec.study.trials)
+    front = _RunningFront()
 
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-        if state["in_trial"]:
-            state["in_trial"] = False
-            raise Interrupted(signal.Signals(signum).name)
+    def after_trial(counts: dict[str, int], frozen: optuna.trial.FrozenTrial) -> None:
+        if teacher is not None and frozen.state == TrialState.COMPLETE:
+            _maybe_snapshot(ctx, ctx.study, counts["COMPLETE"], teacher, front=front)
+        if on_trial:
+            on_trial(counts, frozen)
 
-    if handle_signals and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    completed = failed = 0
-    try:
-        while not stop.is_set():
-            fail_stale_trials(study)
-            trial = None
-            with st.study_lock(ctx.engine, spec.study.name):
-                counts = state_counts(ctx)
-                if counts["COMPLETE"] >= budget:
-                    break
-                if counts["COMPLETE"] + counts["RUNNING"] < budget:
-                    trial = study.ask()
-            if trial is None:
-                # The rest of the budget is running elsewhere; wait in case one of them fails.
-                stop.wait(poll_s)
-                continue
-            frozen = _run_one(ctx, study, trial, objective, state)
-            if frozen is not None and frozen.state == TrialState.COMPLETE:
-                completed += 1
-            else:
-                failed += 1
-            counts = state_counts(ctx)
-            if teacher is not None and frozen is not None and frozen.state == TrialState.COMPLETE:
-                _maybe_snapshot(ctx, study, counts["COMPLETE"], teacher)
-            if on_trial:
-                on_trial(counts, frozen)
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    counts = state_counts(ctx)
-    return WorkerReport(completed=completed, failed=failed, budget_completed=counts["COMPLETE"],
-                        interrupted=stop.is_set())
-
-
-def _run_one(ctx: Context, study: optuna.Study, trial: optuna.Trial, objective: Objective,
-             state: dict[str, bool]) -> optuna.trial.FrozenTrial | None:
-    started = time.perf_counter()
-    try:
-        with _TrialHeartbeat(ctx.storage, trial._trial_id):
-            state["in_trial"] = True
-            try:
-                values, attrs = objective(trial)
-            finally:
-                state["in_trial"] = False
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("trial_s", round(time.perf_counter() - started, 3))
-        return study.tell(trial, list(values))
-    except Exception as exc:  # noqa: BLE001 - a failing trial fails alone; the study goes on
-        reason = f"{type(exc).__name__}: {exc}"[:2000]
-        try:
-            trial.set_user_attr("error", reason)
-            trial.set_user_attr("trial_s", round(time.perf_counter() - started, 3))
-        except Exception:  # noqa: BLE001
-            pass
-        return study.tell(trial, state=TrialState.FAIL)
+    return work(ctx, objective, sampler=sampler, worker=worker, on_trial=after_trial, poll_s=poll_s,
+                handle_signals=handle_signals)
 
 
 def points(study: optuna.Study, *, teacher: Teacher | None = None) -> list[Point]:
@@ -493,15 +381,34 @@ def teacher_of(study: optuna.Study) -> Teacher | None:
                    latency_ms=attrs.get("teacher_latency_ms"))
 
 
-def _maybe_snapshot(ctx: Context, study: optuna.Study, completed: int, teacher: Teacher) -> None:
+class _RunningFront:
+    """A worker's Pareto front between snapshots, so a snapshot costs the new points, not all of them.
+
+    Dominance is transitive, so the front of (the last front + the points since) is the front of
+    every point; and the hypervolume of a set is that of its front.
+    """
+
+    def __init__(self) -> None:
+        self.front: list[Point] = []
+        self.seen: set[int] = set()
+
+    def update(self, pts: list[Point]) -> list[Point]:
+        new = [p for p in pts if p.number not in self.seen]
+        self.seen.update(p.number for p in new)
+        self.front = pareto_front(self.front + new)
+        return self.front
+
+
+def _maybe_snapshot(ctx: Context, study: optuna.Study, completed: int, teacher: Teacher, *,
+                    front: _RunningFront | None = None) -> None:
     every = ctx.spec.study.snapshot_every
     if completed % every and completed != ctx.spec.study.trials:
         return
     pts = points(study)
-    front = pareto_front(pts)
-    hv = hypervolume(pts, teacher=teacher)
+    members = (front or _RunningFront()).update(pts)
+    hv = hypervolume(members, teacher=teacher)
     elapsed = max((p.finished_s or 0.0) for p in pts) if pts else None
-    st.add_snapshot(ctx.engine, ctx.spec.study.name, completed=completed, front=[p.number for p in front],
+    st.add_snapshot(ctx.engine, ctx.spec.study.name, completed=completed, front=[p.number for p in members],
                     hypervolume=hv, elapsed_s=elapsed)
 
 

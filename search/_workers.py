@@ -1,0 +1,306 @@
+"""Search workers: an exact global budget, heartbeats, stale-trial retry and clean stops.
+
+A worker is one process that points at the study's storage. Many may share a study, on many
+machines; the database is the only thing they share. The rules they follow:
+
+- **Budget.** A trial starts only while ``completed + running < budget``, checked and claimed
+  under a per-study lock (:func:`squeeze.search._storage.study_lock`), so the study ends with exactly
+  the budget of completed trials however many workers run. Optuna's ``MaxTrialsCallback`` counts
+  without a lock and can overshoot.
+- **Heartbeats.** One thread per worker records, every ``study.heartbeat_s`` seconds, the running
+  trial's heartbeat (Optuna's ``trial_heartbeats``) and the worker's own row (``squeeze_workers``,
+  which ``squeeze status`` reads).
+- **Stale trials.** Under the same lock, and before a worker takes its first trial, running trials
+  silent for over ``study.grace_s`` seconds are failed and retried once
+  (``RetryHeartbeatStaleTrialCallback(max_retry=1)`` puts a WAITING copy in the queue, which the
+  next ``ask`` takes first).
+- **Errors.** A trial that raises is recorded FAIL with the error in its ``error`` attribute, and the
+  worker goes on; only a run of failures in a row stops it (the objective is broken, not a plan).
+- **Signals.** SIGINT or SIGTERM: no new trial starts; the running one is failed as interrupted
+  (and queued for one retry, since nothing was wrong with its parameters); the worker returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from squeeze.spaces import SqueezeError
+
+from . import _storage as st
+from ._batched import BatchedStorage
+
+if TYPE_CHECKING:
+    from ._study import Context
+
+MAX_FAILURES_IN_A_ROW = 10
+"""A worker whose trials fail this many times in a row stops: the objective, not a plan, is broken."""
+
+Objective = Callable[[optuna.Trial], tuple[tuple[float, float, float], dict[str, Any]]]
+"""A trial function: returns the three values and the attributes to record."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while a trial was running.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that an objective's own
+    ``except Exception`` cannot swallow the stop.
+    """
+
+
+@dataclass
+class WorkerReport:
+    completed: int
+    failed: int
+    budget_completed: int
+    interrupted: bool
+
+
+def worker_seed(seed: int, worker: int) -> int:
+    """Each worker samples with its own seed, derived from the study's seed and the worker id."""
+    return seed * 1_000_003 + worker * 7_919
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """A stale or interrupted trial is retried once, by whichever worker asks next."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def state_counts(ctx: Context) -> dict[str, int]:
+    """Trials by state, counted in the database (one indexed query, cheap at any study size)."""
+    return st.trial_state_counts(ctx.engine, ctx.study._study_id)
+
+
+def fail_stale_trials(ctx: Context, study: optuna.Study) -> list[int]:
+    """Fail the study's running trials whose worker went silent; queue each for one retry.
+
+    Call it under the study lock, so that two workers never fail (and retry) the same trial.
+    A trial counts as stale when its last heartbeat, or its start if it never beat (its worker
+    died between claiming it and the first beat), is older than ``study.grace_s``.
+    Returns the numbers of the trials failed.
+    """
+    grace = ctx.spec.study.grace_s
+    storage = ctx.storage
+    failed = []
+    for trial_id, number in st.stale_trials(ctx.engine, study._study_id, grace_s=grace):
+        try:
+            storage.set_trial_user_attr(
+                trial_id, "error", f"its worker stopped heart-beating for over {grace} s (killed or cut off)"
+            )
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # its worker finished it after all
+        failed.append(number)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return failed
+
+
+class _Heartbeat:
+    """Beats for the worker (its ``squeeze_workers`` row) and its running trial, in a daemon thread."""
+
+    def __init__(self, ctx: Context, worker_id: str, batched: BatchedStorage) -> None:
+        self._engine = ctx.engine
+        self._storage: RDBStorage = ctx.storage
+        self._batched = batched
+        self._worker_id = worker_id
+        self._interval = ctx.spec.study.heartbeat_s
+        self._trial: tuple[int, int] | None = None  # (trial id, number)
+        self.completed = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="squeeze-heartbeat", daemon=True)
+
+    def start_trial(self, trial: optuna.Trial) -> None:
+        """Beat for a newly claimed trial at once, so it is never without a heartbeat for long."""
+        self._trial = (trial._trial_id, trial.number)
+        self._beat_trial(trial._trial_id)  # the worker's own row follows at the next beat
+
+    def end_trial(self, completed: bool) -> None:
+        self._trial = None
+        if completed:
+            self.completed += 1
+        else:
+            self.failed += 1
+
+    def _beat_trial(self, trial_id: int, *, flush: bool = False) -> None:
+        try:
+            if flush:
+                # The trial's parameters so far become visible to other workers (and to its retry).
+                self._batched.flush(trial_id)
+            self._storage.record_heartbeat(trial_id)
+        except Exception:  # noqa: BLE001 - a missed beat only risks a retry; the next one may land
+            pass
+
+    def _beat_worker(self, state: str, trial: int | None) -> None:
+        try:
+            st.beat_worker(self._engine, self._worker_id, state=state, trial=trial, completed=self.completed,
+                           failed=self.failed)
+        except Exception:  # noqa: BLE001 - as above; status shows the worker late, nothing else
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            current = self._trial
+            if current is not None:
+                self._beat_trial(current[0], flush=True)
+            self._beat_worker("working" if current else "waiting", current[1] if current else None)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            st.beat_worker(self._engine, self._worker_id, state="stopped", trial=None, completed=self.completed,
+                           failed=self.failed)
+        except Exception:  # noqa: BLE001 - its heartbeat ages out anyway
+            pass
+
+
+def work(
+    ctx: Context,
+    objective: Objective,
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    worker: int = 0,
+    on_trial: Callable[[dict[str, int], FrozenTrial | None], None] | None = None,
+    poll_s: float = 1.0,
+    handle_signals: bool = True,
+) -> WorkerReport:
+    """Run trials until the study holds ``spec.study.trials`` completed ones, or a signal arrives.
+
+    ``on_trial(counts, frozen)`` is called after every trial this worker ran. See the module
+    docstring for the rules; this is the loop that applies them.
+    """
+    spec = ctx.spec
+    name = spec.study.name
+    budget = spec.study.trials
+    batched = BatchedStorage(ctx.storage)
+    study = optuna.load_study(study_name=name, storage=batched, sampler=sampler)
+    flags = _Flags()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        # Plain attributes only: a handler that took a lock (an Event's) could deadlock the thread it interrupted.
+        flags.stop = True
+        if flags.in_trial:
+            flags.in_trial = False
+            raise Interrupted(signal.Signals(signum).name)
+
+    with st.study_lock(ctx.engine, name):
+        worker_id = st.register_worker(ctx.engine, name, worker=worker, sole=st.is_sqlite(ctx.url),
+                                       within_s=spec.study.grace_s)
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    completed = failed = in_a_row = 0
+    last_sweep = float("-inf")  # the first claim sweeps: stale trials fail before new ones begin
+    try:
+        with _Heartbeat(ctx, worker_id, batched) as beat:
+            while not flags.stop:
+                trial = None
+                with st.study_lock(ctx.engine, name):
+                    if time.monotonic() - last_sweep >= spec.study.heartbeat_s:
+                        fail_stale_trials(ctx, study)
+                        last_sweep = time.monotonic()
+                    counts = state_counts(ctx)
+                    if counts["COMPLETE"] >= budget:
+                        break
+                    if counts["COMPLETE"] + counts["RUNNING"] < budget:
+                        if not counts["WAITING"]:
+                            batched.skip_next_waiting_check()
+                        trial = study.ask()
+                if trial is None:
+                    # The rest of the budget is running elsewhere; wait in case one of them fails.
+                    _sleep(poll_s, flags)
+                    continue
+                beat.start_trial(trial)
+                frozen = _run_one(study, trial, objective, flags)
+                done = frozen.state == TrialState.COMPLETE
+                beat.end_trial(done)
+                completed += done
+                failed += not done
+                in_a_row = 0 if done else in_a_row + 1
+                if on_trial:
+                    on_trial(state_counts(ctx), frozen)
+                if in_a_row >= MAX_FAILURES_IN_A_ROW and not flags.stop:
+                    error = frozen.user_attrs.get("error", "?")
+                    raise SqueezeError(
+                        f"{in_a_row} trials in a row failed in this worker (the last: {error}); "
+                        f"fix the objective and run the same command again to resume study {name!r}."
+                    )
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    counts = state_counts(ctx)
+    return WorkerReport(completed=completed, failed=failed, budget_completed=counts["COMPLETE"],
+                        interrupted=flags.stop)
+
+
+class _Flags:
+    """What the signal handler and the worker loop share: plain attributes, safe in a handler."""
+
+    stop = False
+    in_trial = False
+
+
+def _sleep(seconds: float, flags: _Flags) -> None:
+    end = time.monotonic() + seconds
+    while not flags.stop and time.monotonic() < end:
+        time.sleep(min(0.1, seconds))
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, flags: _Flags) -> FrozenTrial:
+    """Run and record one trial; returns it as stored."""
+    started = time.perf_counter()
+    values: tuple[float, float, float] | None = None
+    attrs: dict[str, Any] = {}
+    error: str | None = None
+    interrupted = False
+    try:
+        try:
+            flags.in_trial = True
+            if flags.stop:
+                raise Interrupted("stop requested")
+            values, attrs = objective(trial)
+        finally:
+            flags.in_trial = False  # a signal landing here still raises inside the outer try
+    except Interrupted as exc:
+        interrupted = True
+        error = f"interrupted ({exc}): the worker was stopped during the trial"
+    except Exception as exc:  # noqa: BLE001 - a failing trial fails alone; the study goes on
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+    try:
+        if error is None:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+        else:
+            trial.set_user_attr("error", error)
+        trial.set_user_attr("trial_s", round(time.perf_counter() - started, 3))
+        if error is None:
+            frozen = study.tell(trial, list(values), skip_if_finished=True)
+        else:
+            frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        # Another worker failed this trial as stale while it ran (this one missed its heartbeats);
+        # that trial's retry stands in for it, so this result is dropped.
+        study._storage.drop(trial._trial_id)
+        frozen = study._storage.get_trial(trial._trial_id)
+    if interrupted and frozen.state == TrialState.FAIL and "failed_trial" not in frozen.system_attrs:
+        retry_callback()(study, copy.deepcopy(frozen))
+    return frozen

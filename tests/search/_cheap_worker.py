@@ -1,0 +1,100 @@
+"""A worker process with a cheap objective, for tests and benchmarks about workers, not networks.
+
+    python tests/search/_cheap_worker.py STUDY.toml [--worker N] [--sleep S] [--create]
+        [--fail-every K] [--set KEY=VALUE ...] [--mode work|teacher]
+
+``work`` joins the study (``--create`` makes it first) and runs :func:`run_worker` with an
+objective that suggests 30 parameters, as the real joint space of the default study does, sleeps
+``S`` seconds and returns a formula of them; it prints ``{"start": N}`` as trial N begins.
+``teacher`` creates-or-loads the study and its teacher (the real ``ensure_teacher``), then exits.
+Both print one JSON line on stdout at the end; bad input ends like the CLI: one sentence on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+N_LAYERS = 10  # x 3 parameters (sparsity, bits, an integer knob) = 30, like the default study's space
+
+
+def cheap_objective(*, sleep_s: float, fail_every: int = 0):
+    """Suggest 30 parameters, sleep, return (accuracy, size, latency ratio) from a formula."""
+
+    def objective(trial):
+        sparsity = [trial.suggest_float(f"sparsity.layer{i}", 0.0, 0.9, step=0.1) for i in range(N_LAYERS)]
+        bits = [trial.suggest_categorical(f"bits.layer{i}", [2, 4, 8, 32]) for i in range(N_LAYERS)]
+        width = [trial.suggest_int(f"student.width{i}", 1, 8) for i in range(N_LAYERS)]
+        # Tests read this line to act while the trial runs (kill its worker, say).
+        print(json.dumps({"start": trial.number}), flush=True)
+        if fail_every and trial.number % fail_every == fail_every - 1:
+            raise ValueError(f"planned failure of trial {trial.number}")
+        if sleep_s:
+            time.sleep(sleep_s)
+        keep = [(1 - s) * w / 8 for s, w in zip(sparsity, width)]
+        accuracy = 1 - sum(math.exp(-b / 4) * (1 - k) for b, k in zip(bits, keep)) / N_LAYERS
+        size = float(sum(1000 * k * b / 32 for b, k in zip(bits, keep)))
+        latency = sum(k * (0.5 if b <= 8 else 1.0) for b, k in zip(bits, keep)) / N_LAYERS
+        return (accuracy, size, latency), {"formula": "cheap"}
+
+    return objective
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study")
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--sleep", type=float, default=0.2)
+    parser.add_argument("--create", action="store_true")
+    parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--mode", choices=("work", "teacher"), default="work")
+    args = parser.parse_args(argv)
+
+    from squeeze.search import load_spec
+    from squeeze.search._study import connect, ensure_teacher, run_worker
+    from squeeze.spaces import SqueezeError
+
+    try:
+        spec = load_spec(args.study, overrides=args.overrides)
+        if args.mode == "teacher":
+            from squeeze.objectives import load_task
+
+            data = load_task(spec.task.dataset, options=spec.task.options, seed=spec.study.seed,
+                             holdout=spec.task.holdout, data_dir=spec.task.data)
+            ctx = connect(spec, create=True)
+            said: list[str] = []
+            teacher = ensure_teacher(ctx, data, log=said.append)
+            print(json.dumps({"sha256": teacher.sha256, "trained": any("training" in s for s in said)}), flush=True)
+            return 0
+        ctx = connect(spec, create=args.create)
+        started = time.perf_counter()
+        report = run_worker(ctx, cheap_objective(sleep_s=args.sleep, fail_every=args.fail_every), worker=args.worker)
+    except SqueezeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"worker": args.worker, "completed": report.completed, "failed": report.failed,
+                      "budget_completed": report.budget_completed, "interrupted": report.interrupted,
+                      "seconds": round(time.perf_counter() - started, 3)}), flush=True)
+    return 0
+
+
+def child(argv: list[str], output: str) -> None:
+    """Entry point for a forked worker (tests start them from a preloaded fork server, which skips
+    importing torch afresh each time): stdout and stderr go to ``output``."""
+    import os
+
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
