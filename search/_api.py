@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -172,6 +173,15 @@ class Status:
     hypervolume: float | None
     teacher: Teacher | None
     errors: list[tuple[int, str]] = field(default_factory=list)
+    sampler: str | None = None
+    """The sampler that proposed the latest trial (``auto`` switches as the study grows)."""
+    sampler_ms: float | None = None
+    """The sampler's median time per trial over the last 10 trials, in milliseconds."""
+    trial_s: float | None = None
+    """The median wall time of the last 10 finished trials, in seconds."""
+    stopped_early: int = 0
+    saved_s: float = 0.0
+    """Trials stopped before the end (a budget they could not meet) and the time that saved, estimated."""
 
 
 def _open(target: Target) -> tuple[optuna.Study, Any]:
@@ -193,7 +203,8 @@ def status(target: Target) -> Status:
     for t in trials:
         counts[t.state.name] += 1
     retries = sum(1 for t in trials if "failed_trial" in t.system_attrs)
-    live = _live_workers(engine, target.name)
+    grace = target.spec.study.grace_s if target.spec else GRACE_S
+    live = len(st.live_workers(engine, target.name, within_s=grace))
     teacher = teacher_of(study)
     pts = points(study)
     front = pareto_front(pts)
@@ -201,35 +212,22 @@ def status(target: Target) -> Status:
     stored = st.load_config(engine, target.name) if "squeeze_studies" in _tables(engine) else None
     budget = target.spec.study.trials if target.spec else (stored or {}).get("study", {}).get("trials")
     errors = [(t.number, str(t.user_attrs.get("error", ""))) for t in trials if t.state == TrialState.FAIL][-5:]
-    return Status(target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors)
+    recent = [t for t in trials if t.state.is_finished() and "sampler_ms" in t.user_attrs][-10:]
+    timed = [t.user_attrs["trial_s"] for t in recent if "trial_s" in t.user_attrs]
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and "stopped_early" in t.user_attrs]
+    return Status(
+        target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors,
+        sampler=recent[-1].user_attrs.get("sampler") if recent else None,
+        sampler_ms=statistics.median(t.user_attrs["sampler_ms"] for t in recent) if recent else None,
+        trial_s=statistics.median(timed) if timed else None,
+        stopped_early=len(stopped), saved_s=sum(float(t.user_attrs.get("saved_s", 0.0)) for t in stopped),
+    )
 
 
 def _tables(engine) -> list[str]:
     import sqlalchemy as sa
 
     return sa.inspect(engine).get_table_names()
-
-
-def _live_workers(engine, name: str) -> int:
-    import sqlalchemy as sa
-
-    if "trial_heartbeats" not in _tables(engine):
-        return 0
-    cutoff = st.now().timestamp() - GRACE_S
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT h.heartbeat FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
-            "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :n AND t.state = 'RUNNING'"
-        ), {"n": name}).all()
-    return sum(1 for (beat,) in rows if beat is not None and _ts(beat) >= cutoff)
-
-
-def _ts(value: Any) -> float:
-    import datetime as dt
-
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=None).timestamp()
 
 
 def front(target: Target, *, include_infeasible: bool = False) -> FrontData:

@@ -40,7 +40,8 @@ _SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {
     "tpe": _tpe,
     "nsga2": lambda seed, trials: optuna.samplers.NSGAIISampler(seed=seed, population_size=_population(trials)),
     "nsga3": lambda seed, trials: optuna.samplers.NSGAIIISampler(seed=seed, population_size=_population(trials)),
-    "gp": lambda seed, trials: optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup(trials)),
+    "gp": lambda seed, trials: optuna.samplers.GPSampler(
+        seed=seed, n_startup_trials=_startup(trials), warn_independent_sampling=False),
     "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
 }
 

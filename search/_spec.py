@@ -19,8 +19,10 @@ from typing import Any
 from squeeze.objectives import CompressSpec, LatencySpec, TrainingBudget, list_tasks, task_loader
 from squeeze.spaces import SpaceSpec, SparsityRange, SqueezeError, get_family
 
+from ._samplers import list_samplers
+
 DEFAULT_STORAGE = "sqlite:///studies/squeeze.db"
-SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "gp", "random")
+SAMPLERS = tuple(list_samplers())
 OBJECTIVES = ("accuracy", "size", "latency")
 
 

@@ -39,6 +39,7 @@ from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, 
 
 from . import _storage as st
 from ._pareto import Point, Teacher, front_data, hypervolume, pareto_front
+from ._samplers import make_sampler
 from ._spec import StudyOptions, StudySpec
 from ._workers import Interrupted, Objective, WorkerReport, retry_callback, state_counts, work, worker_seed  # noqa: F401 (re-exported)
 
@@ -64,27 +65,6 @@ def _optuna_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = 
         grace_period=grace_s,
         heartbeat_stale_trial_callback=retry_callback(),
     )
-
-
-def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    """The sampler registered as ``name``.
-
-    ``auto`` is multi-objective TPE with the constant liar (so parallel workers spread out): it
-    handles the categorical joint space and costs milliseconds per trial at our budgets.
-    """
-    startup = max(5, min(20, trials // 4))
-    population = max(8, min(50, trials // 4))
-    if name in ("auto", "tpe"):
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise SqueezeError(f"`study.sampler` must be one of auto, tpe, nsga2, nsga3, gp, random, but got {name!r}.")
 
 
 @dataclass
