@@ -3,7 +3,8 @@
 1. **Speed-up.** K worker processes (``tests/search/_cheap_worker.py``: 30 suggested parameters,
    a 0.2 s sleep, a formula) share one study of ``--per-worker`` x K trials with the random
    sampler. Throughput is completed trials over the span from the first trial's start to the last
-   one's end, read from the database, so process start-up (importing torch) is not counted.
+   one's end, read from the database; workers line up (imported and connected) before the first trial
+   starts, so process start-up (importing torch) is not counted.
    Target: at least 0.8 x linear at 8 workers.
 2. **Storage overhead.** One worker in this process runs 1,000 trials of the same objective with
    no sleep through the real loop (:func:`run_worker`: the budget lock, heartbeats, stale-trial
@@ -91,9 +92,16 @@ def scaling(url: str, folder: Path, workers: int, *, per_worker: int, sleep_s: f
     budget = per_worker * workers
     path = write_study(folder, name, url, budget)
     connect(load_spec(path), create=True)
+    go = folder / f"{name}.go"
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "search" / "_cheap_worker.py"), str(path),
-                               "--worker", str(i), "--sleep", str(sleep_s)], stdout=subprocess.DEVNULL)
+                               "--worker", str(i), "--sleep", str(sleep_s), "--go", str(go)], stdout=subprocess.DEVNULL)
              for i in range(workers)]
+    # Every worker has imported torch and connected before any trial starts: start-up is not timed.
+    while len(list(folder.glob(f"{go.name}.ready-*"))) < workers:
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.05)
+    go.touch()
     codes = [p.wait() for p in procs]
     if any(codes):
         raise SystemExit(f"a worker failed: exit codes {codes}")
@@ -143,7 +151,7 @@ def main() -> int:
     parser.add_argument("--storage", default=os.environ.get("SQUEEZE_TEST_POSTGRES"),
                         help="PostgreSQL server URL (default: $SQUEEZE_TEST_POSTGRES)")
     parser.add_argument("--workers", default="1,2,4,8")
-    parser.add_argument("--per-worker", type=int, default=25, help="trials per worker in the speed-up runs")
+    parser.add_argument("--per-worker", type=int, default=40, help="trials per worker in the speed-up runs")
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument("--trials", type=int, default=1000, help="trials of the overhead run")
     parser.add_argument("--plain", type=int, default=100, help="trials of plain Optuna on PostgreSQL")

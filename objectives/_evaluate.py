@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from torch import nn
 
 from squeeze.spaces import CompressionPlan, ModelFamily
 
-from ._artifact import Arch, decode, encode
+from ._artifact import Arch, decode, encode, size_floor
 from ._compress import CompressSpec, channel_keep, weight_scales
 from ._latency import Latency, LatencySpec, measure
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
@@ -71,6 +72,39 @@ def teacher_artifact(
         channels=out_channels(teacher, family.prunable(teacher)),
     )
     return encode(fold_batchnorm(teacher), arch=arch, plan=CompressionPlan(), scales={}, activations={}, card=card)
+
+
+def size_lower_bound(
+    plan: CompressionPlan, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData, compress: CompressSpec
+) -> float:
+    """Bytes that ``plan``'s artifact cannot go below, known before any training.
+
+    The student is built untrained and each layer keeps the fewest channels its sparsity allows
+    (the pruner removes at most ``ceil(ratio * width)``, a layer keeps one at least, and counts are
+    rounded up to ``compress.round_channels``); which channels survive does not change the count.
+    The bound is the artifact's floor for that architecture (:func:`size_floor`) without the card
+    and the activation scales, which calibration adds later, so a real artifact is always larger.
+    """
+    student = family.build(options, in_channels=data.in_channels, num_classes=data.num_classes,
+                           student=plan.student or None)
+    layers = family.prunable(student)
+    widths = out_channels(student, layers)
+    channels = {}
+    for name in layers:
+        total = widths[name]
+        ratio = float(plan.sparsity.get(name, 0.0))
+        kept = max(1, total - math.ceil(ratio * total)) if ratio > 0 else total
+        channels[name] = min(total, math.ceil(kept / compress.round_channels) * compress.round_channels)
+    arch = Arch(
+        family=family.name,
+        options=dict(options),
+        student={k: dict(v) for k, v in plan.student.items()},
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        input_size=data.input_size,
+        channels=channels,
+    )
+    return size_floor(arch=arch, plan=plan, card={}, activations=0)
 
 
 def evaluate_plan(

@@ -33,6 +33,12 @@ class StudyOptions:
     ``heartbeat_s`` is how often a worker proves it is alive; a running trial whose worker has been
     silent for ``grace_s`` seconds is failed and retried once. Every worker of a study should use
     the same values (they may change between runs: they are not part of the stored config check).
+
+    ``early_stop``: a trial that cannot meet the study's budgets stops as soon as that is known
+    (recorded PRUNED, with the reason and the time it saved): before training when the smallest
+    artifact its plan allows is already over ``objectives.max_size_kb``; after distillation when
+    its accuracy on a sample of the training data is more than ``early_stop_margin`` below
+    ``objectives.min_accuracy``. Held-out data is never used for this.
     """
 
     name: str
@@ -44,6 +50,8 @@ class StudyOptions:
     references: bool = True
     heartbeat_s: int = 5
     grace_s: int = 20
+    early_stop: bool = True
+    early_stop_margin: float = 0.1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -59,6 +67,11 @@ class StudyOptions:
             raise SqueezeError(f"`study.sampler` must be one of {list(SAMPLERS)}, but got {self.sampler!r}.")
         if not isinstance(self.references, bool):
             raise SqueezeError(f"`study.references` must be true or false, but got {self.references!r}.")
+        if not isinstance(self.early_stop, bool):
+            raise SqueezeError(f"`study.early_stop` must be true or false, but got {self.early_stop!r}.")
+        margin = self.early_stop_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+            raise SqueezeError(f"`study.early_stop_margin` must be a number in [0, 1], but got {margin!r}.")
         _positive_int("study.heartbeat_s", self.heartbeat_s)
         _positive_int("study.grace_s", self.grace_s)
         if self.grace_s < 2 * self.heartbeat_s:

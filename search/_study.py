@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from squeeze.objectives import (
 from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
+from ._early import EarlyStop
 from ._pareto import Point, Teacher, front_data, hypervolume, pareto_front
 from ._samplers import make_sampler
 from ._spec import StudyOptions, StudySpec
@@ -249,14 +251,20 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
     family = get_family(spec.task.family)
     space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
 
+    early = EarlyStop(spec, data=data, family=family, options=spec.task.model, compress=spec.compress)
+
     def objective(trial: optuna.Trial) -> tuple[tuple[float, float, float], dict[str, Any]]:
+        started = time.perf_counter()
         params = space.suggest(trial)
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
+        early.before_training(plan, started=started)
         judged = evaluate_plan(
             plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
             options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
             latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
+            check=lambda stage, model: early.after_stage(stage, model, started=started),
         )
+        early.finished(time.perf_counter() - started)
         attrs = judged.attrs() | {"worker": socket.gethostname(), "_artifact": judged.artifact}
         values = (judged.accuracy, float(judged.size_bytes), judged.latency.ratio)
         constraints = budget_violations(spec, values)

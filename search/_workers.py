@@ -16,6 +16,8 @@ machines; the database is the only thing they share. The rules they follow:
   next ``ask`` takes first).
 - **Errors.** A trial that raises is recorded FAIL with the error in its ``error`` attribute, and the
   worker goes on; only a run of failures in a row stops it (the objective is broken, not a plan).
+- **Early stops.** A trial that raises ``optuna.TrialPruned`` (a budget it cannot meet) is recorded
+  PRUNED with its reasons as attributes; it does not count against the budget, nor as a failure.
 - **Signals.** SIGINT or SIGTERM: no new trial starts; the running one is failed as interrupted
   (and queued for one retry, since nothing was wrong with its parameters); the worker returns.
 """
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 
 MAX_FAILURES_IN_A_ROW = 10
 """A worker whose trials fail this many times in a row stops: the objective, not a plan, is broken."""
+
+MAX_STOPPED_IN_A_ROW = 200
+"""A worker whose trials all stop early this many times in a row stops: the budgets exclude the space."""
 
 Objective = Callable[[optuna.Trial], tuple[tuple[float, float, float], dict[str, Any]]]
 """A trial function: returns the three values and the attributes to record."""
@@ -128,12 +133,10 @@ class _Heartbeat:
         self._trial = (trial._trial_id, trial.number)
         self._beat_trial(trial._trial_id)  # the worker's own row follows at the next beat
 
-    def end_trial(self, completed: bool) -> None:
+    def end_trial(self, state: TrialState) -> None:
         self._trial = None
-        if completed:
-            self.completed += 1
-        else:
-            self.failed += 1
+        self.completed += state == TrialState.COMPLETE
+        self.failed += state == TrialState.FAIL
 
     def _beat_trial(self, trial_id: int, *, flush: bool = False) -> None:
         try:
@@ -208,7 +211,7 @@ def work(
     if handle_signals and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
-    completed = failed = in_a_row = 0
+    completed = failed = in_a_row = stopped_in_a_row = 0
     last_sweep = float("-inf")  # the first claim sweeps: stale trials fail before new ones begin
     try:
         with _Heartbeat(ctx, worker_id, batched) as beat:
@@ -232,10 +235,12 @@ def work(
                 beat.start_trial(trial)
                 frozen = _run_one(study, trial, objective, flags)
                 done = frozen.state == TrialState.COMPLETE
-                beat.end_trial(done)
+                pruned = frozen.state == TrialState.PRUNED
+                beat.end_trial(frozen.state)
                 completed += done
-                failed += not done
-                in_a_row = 0 if done else in_a_row + 1
+                failed += not (done or pruned)
+                in_a_row = 0 if done or pruned else in_a_row + 1
+                stopped_in_a_row = stopped_in_a_row + 1 if pruned else 0
                 if on_trial:
                     on_trial(state_counts(ctx), frozen)
                 if in_a_row >= MAX_FAILURES_IN_A_ROW and not flags.stop:
@@ -243,6 +248,12 @@ def work(
                     raise SqueezeError(
                         f"{in_a_row} trials in a row failed in this worker (the last: {error}); "
                         f"fix the objective and run the same command again to resume study {name!r}."
+                    )
+                if stopped_in_a_row >= MAX_STOPPED_IN_A_ROW and not flags.stop:
+                    raise SqueezeError(
+                        f"{stopped_in_a_row} trials in a row stopped early in this worker (the last: "
+                        f"{frozen.user_attrs.get('stopped_early', '?')}): the study's budgets leave almost nothing "
+                        f"of its space; relax `objectives.max_size_kb` or `objectives.min_accuracy`, or widen `[space]`."
                     )
     finally:
         for sig, old in previous.items():
@@ -271,6 +282,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, fla
     values: tuple[float, float, float] | None = None
     attrs: dict[str, Any] = {}
     error: str | None = None
+    stopped: dict[str, Any] | None = None
     interrupted = False
     try:
         try:
@@ -283,16 +295,18 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, fla
     except Interrupted as exc:
         interrupted = True
         error = f"interrupted ({exc}): the worker was stopped during the trial"
+    except optuna.TrialPruned as exc:
+        # Stopped early: it could not meet a budget (see ``_early.py``); recorded PRUNED, with why.
+        stopped = {"stopped_early": str(exc) or "stopped", **getattr(exc, "attrs", {})}
     except Exception as exc:  # noqa: BLE001 - a failing trial fails alone; the study goes on
         error = f"{type(exc).__name__}: {exc}"[:2000]
     try:
-        if error is None:
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
-        else:
-            trial.set_user_attr("error", error)
+        for key, value in (stopped or attrs if error is None else {"error": error}).items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("trial_s", round(time.perf_counter() - started, 3))
-        if error is None:
+        if stopped is not None:
+            frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        elif error is None:
             frozen = study.tell(trial, list(values), skip_if_finished=True)
         else:
             frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

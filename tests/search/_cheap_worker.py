@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-every", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--mode", choices=("work", "teacher"), default="work")
+    parser.add_argument("--go", default=None,
+                        help="once connected, create FILE.ready-N and wait for FILE to exist before the first trial")
     args = parser.parse_args(argv)
 
     from squeeze.search import load_spec
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"sha256": teacher.sha256, "trained": any("training" in s for s in said)}), flush=True)
             return 0
         ctx = connect(spec, create=args.create)
+        if args.go:
+            _wait_for_go(args.go, args.worker)
         started = time.perf_counter()
         report = run_worker(ctx, cheap_objective(sleep_s=args.sleep, fail_every=args.fail_every), worker=args.worker)
     except SqueezeError as exc:
@@ -81,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
                       "budget_completed": report.budget_completed, "interrupted": report.interrupted,
                       "seconds": round(time.perf_counter() - started, 3)}), flush=True)
     return 0
+
+
+def _wait_for_go(go: str, worker: int) -> None:
+    """Line workers up, so a benchmark times them working together rather than their start-up."""
+    from pathlib import Path
+
+    Path(f"{go}.ready-{worker}").touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
 
 
 def child(argv: list[str], output: str) -> None:

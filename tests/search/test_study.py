@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 
 import optuna
+import pytest
+import torch
 from optuna.trial import TrialState
 
 from squeeze.objectives import decode
@@ -59,7 +61,9 @@ def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
 
 
 def test_size_budget_makes_the_front_feasible(tiny_study) -> None:
+    # Early stopping off: every trial runs to the end, so the budget's effect on the front is seen alone.
     path = tiny_study(name="budget", trials=4, references=True, extra="\n[objectives]\nmax_size_kb = 1.5\n")
+    path.write_text(path.read_text().replace("[study]\n", "[study]\nearly_stop = false\n", 1))
     spec = load_spec(path)
     _api.run(spec)
     data = _api.front(_api.resolve(str(path)))
@@ -69,3 +73,59 @@ def test_size_budget_makes_the_front_feasible(tiny_study) -> None:
     assert all(p.size_bytes <= 1.5 * 1024 for p in data.front)
     for t in complete:
         assert t.user_attrs["feasible"] == (t.values[1] <= 1.5 * 1024)
+
+
+def test_plans_that_cannot_meet_the_size_budget_stop_before_training(tiny_study) -> None:
+    path = tiny_study(name="early", trials=4, references=True, extra="\n[objectives]\nmax_size_kb = 1.5\n")
+    spec = load_spec(path)
+    report = _api.run(spec)
+    assert report.budget_completed == 4
+    study = optuna.load_study(study_name="early", storage=spec.study.storage)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    stopped = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(complete) == 4 and stopped, "the uniform 8-bit reference alone is over 1.5 KB"
+    for t in stopped:
+        assert t.user_attrs["stopped_early"].startswith("size:")
+        assert t.user_attrs["size_lower_bound"] > 1.5 * 1024
+        assert "timings_s" not in t.user_attrs, "nothing was trained"
+    median_full = sorted(t.user_attrs["trial_s"] for t in complete)[len(complete) // 2]
+    assert all(t.user_attrs["trial_s"] < median_full for t in stopped)
+    after_first = [t for t in stopped if t.number > min(c.number for c in complete)]
+    assert all(t.user_attrs["saved_s"] > 0 for t in after_first)
+    status = _api.status(_api.resolve(str(path)))
+    assert status.stopped_early == len(stopped) and status.counts["PRUNED"] == len(stopped)
+
+
+def test_a_student_far_below_min_accuracy_after_distillation_stops_there(tiny_study) -> None:
+    from squeeze.objectives import CompressSpec, load_task
+    from squeeze.search._early import EarlyStop, StoppedEarly
+    from squeeze.spaces import get_family
+    from torch import nn
+
+    path = tiny_study(name="acc", extra="\n[objectives]\nmin_accuracy = 0.9\n")
+    spec = load_spec(path)
+    data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
+    family = get_family("cnn")
+    early = EarlyStop(spec, data=data, family=family, options=spec.task.model, compress=CompressSpec())
+
+    class Constant(nn.Module):
+        """Always answers class 0: about 10% accurate on digits."""
+
+        def forward(self, x):
+            out = x.new_zeros(len(x), 10)
+            out[:, 0] = 1
+            return out
+
+    with pytest.raises(StoppedEarly) as stop:
+        early.after_stage("distil", Constant(), started=0.0)
+    assert stop.value.attrs["distilled_train_accuracy"] < 0.2
+    early.after_stage("prune", Constant(), started=0.0)  # only the distilled student is judged
+
+    class Oracle(nn.Module):
+        """Right on every training sample: never stopped."""
+
+        def forward(self, x):
+            index = {x_.numpy().tobytes(): int(y) for x_, y in zip(data.x_train, data.y_train)}
+            return nn.functional.one_hot(torch.tensor([index[r.numpy().tobytes()] for r in x]), 10).float()
+
+    early.after_stage("distil", Oracle(), started=0.0)

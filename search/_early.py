@@ -1,0 +1,103 @@
+"""Early stopping of trials that cannot meet the study's budgets.
+
+Optuna does not prune multi-objective studies, and a trial here is the expensive part: so a plan
+that is known to break a budget stops as soon as that is known, and is recorded ``PRUNED`` with
+the reason (``stopped_early``) and an estimate of the time it saved (``saved_s``: the median
+time of this worker's finished trials, less the time this one took). Stopped trials do not count
+against the budget of completed trials.
+
+- **Size, before training.** :func:`size_lower_bound` gives the bytes the plan's artifact cannot
+  go below; above ``objectives.max_size_kb`` the trial stops before anything is trained.
+- **Accuracy, after distillation.** The distilled student's accuracy on a fixed sample of the
+  *training* data (held-out data is never used inside a trial) is an optimistic estimate of what
+  it will score; more than ``study.early_stop_margin`` below ``objectives.min_accuracy``, it stops.
+
+Latency is not checked before training: it is a measurement, noisy on a shared machine, and a
+stop on noise would throw away a trial that meets the budget.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from squeeze.objectives import CompressSpec, TaskData, accuracy, size_lower_bound
+from squeeze.spaces import CompressionPlan, ModelFamily
+
+from ._spec import StudySpec
+
+SAMPLE = 1024
+"""Training samples the distilled student is scored on."""
+
+
+class StoppedEarly(optuna.TrialPruned):
+    """The trial cannot meet a budget; ``attrs`` say why and what it saved."""
+
+    def __init__(self, reason: str, attrs: Mapping[str, Any]) -> None:
+        super().__init__(reason)
+        self.attrs = dict(attrs)
+
+
+class EarlyStop:
+    """One worker's early-stopping rules and its record of how long full trials take."""
+
+    def __init__(self, spec: StudySpec, *, data: TaskData, family: ModelFamily, options: Mapping[str, Any],
+                 compress: CompressSpec) -> None:
+        self._spec = spec
+        self._data = data
+        self._family = family
+        self._options = options
+        self._compress = compress
+        self._durations: list[float] = []
+        gen = torch.Generator().manual_seed(spec.study.seed)
+        self._sample = torch.randperm(len(data.x_train), generator=gen)[:SAMPLE]
+
+    @property
+    def enabled(self) -> bool:
+        return self._spec.study.early_stop
+
+    def finished(self, seconds: float) -> None:
+        """Record a trial that ran to the end (the yardstick for the time saved)."""
+        self._durations.append(seconds)
+
+    def _stop(self, reason: str, started: float, **figures: float) -> StoppedEarly:
+        spent = time.perf_counter() - started
+        saved = max(0.0, statistics.median(self._durations) - spent) if self._durations else None
+        attrs = {"stopped_early": reason, "stopped_after_s": round(spent, 3), **figures}
+        if saved is not None:
+            attrs["saved_s"] = round(saved, 3)
+        return StoppedEarly(reason, attrs)
+
+    def before_training(self, plan: CompressionPlan, *, started: float) -> None:
+        """Raise :class:`StoppedEarly` when the plan's smallest possible artifact breaks ``max_size_kb``."""
+        limit = self._spec.objectives.max_size_kb
+        if not self.enabled or limit is None:
+            return
+        bound = size_lower_bound(plan, family=self._family, options=self._options, data=self._data,
+                                 compress=self._compress)
+        if bound > limit * 1024:
+            raise self._stop(
+                f"size: its artifact cannot be smaller than {bound / 1024:.2f} KB, over max_size_kb = {limit:g}",
+                started, size_lower_bound=round(bound, 1),
+            )
+
+    def after_stage(self, stage: str, model: nn.Module, *, started: float) -> None:
+        """Raise :class:`StoppedEarly` when the distilled student is far below ``min_accuracy``."""
+        floor = self._spec.objectives.min_accuracy
+        if not self.enabled or floor is None or stage != "distil":
+            return
+        with torch.no_grad():
+            acc = accuracy(model, self._data.x_train[self._sample], self._data.y_train[self._sample])
+        model.train()
+        margin = self._spec.study.early_stop_margin
+        if acc < floor - margin:
+            raise self._stop(
+                f"accuracy: {acc:.4f} on training samples after distillation, more than {margin:g} below "
+                f"min_accuracy = {floor:g}", started, distilled_train_accuracy=round(acc, 4),
+            )
