@@ -302,16 +302,18 @@ def run_worker(
     poll_s: float = 1.0,
     handle_signals: bool = True,
     teacher: Teacher | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> WorkerReport:
     """Run trials until the study holds ``spec.study.trials`` completed ones, or a signal arrives.
 
     The budget is global and exact; stale trials of dead workers are failed (and retried once)
     first; SIGINT/SIGTERM let no new trial start, fail the running one cleanly and return (see
     ``_workers.py``). With ``teacher``, the front and its hypervolume are snapshotted every
-    ``study.snapshot_every`` completed trials.
+    ``study.snapshot_every`` completed trials. ``sampler`` replaces the study's own (for example
+    Optuna's ``PartialFixedSampler`` around it, to search a part of the space).
     """
     spec = ctx.spec
-    sampler = make_sampler(spec.study.sampler, seed=worker_seed(spec.study.seed, worker), trials=spec.study.trials)
+    sampler = sampler or make_sampler(spec.study.sampler, seed=worker_seed(spec.study.seed, worker), trials=spec.study.trials)
     front = _RunningFront()
 
     def after_trial(counts: dict[str, int], frozen: optuna.trial.FrozenTrial) -> None:

@@ -1,0 +1,344 @@
+"""Search quality on real MNIST: samplers, the uniform grid, and joint against sequential search.
+
+Every method gets the same teacher (trained once here and given to each study as a checkpoint),
+the same data, the same training budget per trial and the same number of trials, for each seed:
+
+- ``auto`` (the default; multi-objective TPE at this budget, see ``search/_samplers.py``),
+  ``nsga2``, ``gp`` and ``random``: the joint space, with the study's four uniform references
+  (bits 8/4 x sparsity 0/0.5, full width) enqueued first, as every study does;
+- ``grid``: uniform policies alone (every layer the same bits and sparsity, every stage the same
+  width), every combination of the space's choices that fits in the trial budget;
+- ``sequential``: half the trials searching pruning and the student with every layer in float
+  (bits fixed to 32 with Optuna's ``PartialFixedSampler``), then half searching bit-widths alone
+  on the best pruned student found (the smallest within 2 points of the teacher's accuracy, else
+  the most accurate), as one compresses by hand: prune first, then quantize.
+
+The hypervolume is the library's own (normalised by the teacher, reference point (1, 1.5, 2)).
+For each of the default sampler's uniform references, the best front point that dominates it
+(at least as good in all three objectives, better in one) is reported.
+
+    python benchmarks/search_quality.py --data ../shared/data/mnist [--trials 40] [--jobs 2] [--seeds 0,1,2]
+
+Writes ``search_quality.md`` (the tables), ``search_quality.png`` (hypervolume over trials, mean
+and range over seeds) and ``search_quality.json`` to ``--out`` (default ``benchmarks/results``).
+Studies go to a SQLite file there; a rerun resumes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import optuna
+import torch
+
+from squeeze.objectives import CompressSpec, TrainingBudget, load_task, train_teacher
+from squeeze.search import Point, Teacher, hypervolume, load_spec, pareto_front
+from squeeze.search._pareto import hypervolume_history
+from squeeze.search._api import _storing, prepare
+from squeeze.search._study import (
+    connect,
+    enqueue_references,
+    ensure_teacher,
+    network_objective,
+    points,
+    run_worker,
+    worker_seed,
+)
+from squeeze.search._samplers import make_sampler
+from squeeze.spaces import JointSpace, get_family
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = """
+[study]
+name = "{name}"
+storage = "sqlite:///{db}"
+trials = {trials}
+sampler = "{sampler}"
+seed = {seed}
+snapshot_every = 10
+references = {references}
+
+[task]
+dataset = "mnist"
+family = "cnn"
+holdout = 0.2
+data = "{data}"
+options = {{ limit = {limit}, holdout_limit = {holdout_limit} }}
+
+[task.model]
+widths = [8, 16, 32]
+depths = [1, 2, 1]
+checkpoint = "{checkpoint}"
+
+[space]
+sparsity = [0.0, 0.25, 0.5, 0.75]
+bits = [2, 4, 8, 32]
+width = [0.5, 0.75, 1.0]
+depth = true
+
+[training]
+teacher_epochs = {epochs}
+distill_steps = {distill}
+finetune_steps = {finetune}
+qat_steps = {qat}
+batch_size = 64
+
+[latency]
+batch = 1
+threads = 1
+repeats = {repeats}
+"""
+
+SAMPLERS = ("auto", "nsga2", "gp", "random")
+METHODS = (*SAMPLERS, "grid", "sequential")
+
+
+def study_text(args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool, trials: int) -> str:
+    return STUDY.format(
+        name=name, db=args.out / f"search_quality-s{seed}.db", trials=trials, sampler=sampler, seed=seed,
+        references="true" if references else "false", data=args.data.resolve(), limit=args.limit,
+        holdout_limit=args.holdout_limit, checkpoint=args.out / "teacher.pt", epochs=args.epochs,
+        distill=args.distill, finetune=args.finetune, qat=args.qat, repeats=args.repeats,
+    )
+
+
+def write_study(args: argparse.Namespace, **kw) -> Path:
+    path = args.out / "studies" / f"{kw['name']}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(study_text(args, **kw), encoding="utf-8")
+    return path
+
+
+def train_shared_teacher(args: argparse.Namespace) -> None:
+    """One teacher for every study: trained here once, then loaded by each study as a checkpoint."""
+    target = args.out / "teacher.pt"
+    if target.exists():
+        return
+    spec = load_spec(write_study(args, name="teacher", sampler="random", seed=0, references=False, trials=1))
+    data = load_task(spec.task.dataset, options=spec.task.options, seed=spec.study.seed, holdout=spec.task.holdout,
+                     data_dir=spec.task.data)
+    family = get_family("cnn")
+    options = {k: v for k, v in spec.task.model.items() if k != "checkpoint"}
+    model = family.build(options, in_channels=data.in_channels, num_classes=data.num_classes)
+    train_teacher(model, data.x_train, data.y_train, budget=TrainingBudget(teacher_epochs=args.epochs), seed=0)
+    torch.save(model.state_dict(), target)
+
+
+class Session:
+    """One study of the benchmark, driven through the library's own worker loop."""
+
+    def __init__(self, args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool,
+                 trials: int) -> None:
+        self.path = write_study(args, name=name, sampler=sampler, seed=seed, references=references, trials=trials)
+        self.spec = load_spec(self.path)
+        self.data = prepare(self.spec)
+        self.ctx = connect(self.spec, create=True)
+        self.bundle = ensure_teacher(self.ctx, self.data)
+        self.teacher = Teacher(accuracy=self.bundle.accuracy, size_bytes=self.bundle.size_bytes,
+                               latency_ms=self.bundle.latency_ms)
+        self.space = JointSpace(get_family("cnn"), self.spec.task.model, self.spec.space, teacher=self.bundle.model)
+        enqueue_references(self.ctx, self.space)
+        self.objective = _storing(self.ctx, network_objective(self.ctx, data=self.data, teacher=self.bundle))
+
+    def run(self, *, trials: int | None = None, sampler: optuna.samplers.BaseSampler | None = None) -> None:
+        if trials is not None:
+            self.spec = load_spec(self.path, trials=trials)
+            self.ctx = connect(self.spec, create=False)
+        run_worker(self.ctx, self.objective, teacher=self.teacher, sampler=sampler, handle_signals=False)
+
+    def points(self) -> list[Point]:
+        study = optuna.load_study(study_name=self.spec.study.name, storage=self.spec.study.storage)
+        return points(study, teacher=self.teacher)
+
+    def completed(self) -> int:
+        study = optuna.load_study(study_name=self.spec.study.name, storage=self.spec.study.storage)
+        return len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def run_sampler(args: argparse.Namespace, sampler: str, seed: int) -> Session:
+    s = Session(args, name=f"{sampler}-s{seed}", sampler=sampler, seed=seed, references=True, trials=args.trials)
+    s.run()
+    return s
+
+
+def uniform_grid(space: JointSpace, spec, trials: int) -> list[dict]:
+    bits = sorted(spec.space.bits, reverse=True)
+    sparsity = sorted(spec.space.sparsity)
+    widths = sorted(spec.space.width, reverse=True)
+    grid = [space.uniform_params(sparsity=s, bits=b, width=w) for w, b, s in itertools.product(widths, bits, sparsity)]
+    return grid[:trials]
+
+
+def run_grid(args: argparse.Namespace, seed: int) -> Session:
+    probe = Session(args, name=f"grid-s{seed}", sampler="random", seed=seed, references=False, trials=args.trials)
+    grid = uniform_grid(probe.space, probe.spec, args.trials)
+    study = probe.ctx.study
+    if not study.user_attrs.get("grid_enqueued"):
+        for params in grid:
+            study.enqueue_trial(params, user_attrs={"reference": "uniform grid"})
+        study.set_user_attr("grid_enqueued", True)
+    probe.run(trials=len(grid))
+    return probe
+
+
+def run_sequential(args: argparse.Namespace, seed: int) -> Session:
+    s = Session(args, name=f"sequential-s{seed}", sampler="auto", seed=seed, references=False, trials=args.trials)
+    first = args.trials // 2
+    base = lambda: make_sampler("auto", seed=worker_seed(seed, 0), trials=args.trials)  # noqa: E731
+    floats = {f"bits.{layer}": 32 for layer in s.space.quantizable}
+    if s.completed() < first:
+        s.run(trials=first, sampler=optuna.samplers.PartialFixedSampler(floats, base()))
+    study = optuna.load_study(study_name=s.spec.study.name, storage=s.spec.study.storage)
+    pruned = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)[:first]
+    good = [t for t in pruned if t.values[0] >= s.teacher.accuracy - 0.02]
+    best = min(good, key=lambda t: t.values[1]) if good else max(pruned, key=lambda t: t.values[0])
+    fixed = {k: v for k, v in best.params.items() if not k.startswith("bits.")}
+    study.set_user_attr("sequential_base_trial", best.number)
+    s.run(trials=args.trials, sampler=optuna.samplers.PartialFixedSampler(fixed, base()))
+    return s
+
+
+def dominates(a: Point, b: Point) -> bool:
+    ge = a.accuracy >= b.accuracy and a.size_bytes <= b.size_bytes and a.latency_ratio <= b.latency_ratio
+    gt = a.accuracy > b.accuracy or a.size_bytes < b.size_bytes or a.latency_ratio < b.latency_ratio
+    return ge and gt
+
+
+def run_seed(args: argparse.Namespace, seed: int, methods: list[str]) -> dict[str, dict]:
+    """Every method for one seed; returns what the report needs, by method."""
+    torch.set_num_threads(1)
+    runners = {"grid": run_grid, "sequential": run_sequential}
+    out = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        session = runners[method](args, seed) if method in runners else run_sampler(args, method, seed)
+        pts = session.points()
+        trials = optuna.load_study(study_name=session.spec.study.name,
+                                   storage=session.spec.study.storage).get_trials(deepcopy=False)
+        history = hypervolume_history(pts, teacher=session.teacher)
+        out[method] = {
+            "hypervolume": hypervolume(pts, teacher=session.teacher),
+            "history": [h.hypervolume for h in history],
+            "trials": len(pts),
+            "front": len(pareto_front(pts)),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "trial_s": statistics.median(t.user_attrs["trial_s"] for t in trials if "trial_s" in t.user_attrs),
+            "sampler_ms": statistics.median(t.user_attrs.get("sampler_ms", 0.0) for t in trials),
+            "teacher": {"accuracy": session.teacher.accuracy, "size_bytes": session.teacher.size_bytes},
+            "points": [dataclasses.asdict(p) for p in pts] if method == "auto" else [],
+            "references": {t.number: t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs},
+            "samplers": sorted({str(t.user_attrs["sampler"]) for t in trials if "sampler" in t.user_attrs}),
+        }
+        print(f"{method} seed {seed}: hypervolume {out[method]['hypervolume']:.4f}, {len(pts)} trials, "
+              f"{out[method]['seconds']} s", flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--limit", type=int, default=3000, help="training images (of the 8,000 not held out)")
+    parser.add_argument("--holdout-limit", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--distill", type=int, default=40)
+    parser.add_argument("--finetune", type=int, default=20)
+    parser.add_argument("--qat", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run at once, one process (and thread) each")
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+
+    started = time.perf_counter()
+    train_shared_teacher(args)
+    results: dict[str, dict[int, dict]] = {}
+    # One process per seed (each on one thread, with its own SQLite file), --jobs at a time.
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for seed, by_method in zip(seeds, pool.map(run_seed, [args] * len(seeds), seeds, [methods] * len(seeds))):
+            for method, result in by_method.items():
+                results.setdefault(method, {})[seed] = result
+    (args.out / "search_quality.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    report = render(results, args, elapsed=time.perf_counter() - started)
+    (args.out / "search_quality.md").write_text(report, encoding="utf-8")
+    draw_history(results, args.out / "search_quality.png")
+    print(report)
+    return 0
+
+
+def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, elapsed: float) -> str:
+    lines = [
+        f"{args.trials} trials a study, seeds {args.seeds}; MNIST ({args.limit} training images, "
+        f"{args.holdout_limit} held out); teacher cnn 8-16-32 trained once; {elapsed / 60:.0f} min in all.",
+        "",
+        "| method | hypervolume, mean | min | max | front size, mean | sampler(s) used |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for method, by_seed in results.items():
+        hv = [r["hypervolume"] for r in by_seed.values()]
+        used = sorted({s for r in by_seed.values() for s in r["samplers"]})
+        lines.append(f"| {method} | {statistics.mean(hv):.4f} | {min(hv):.4f} | {max(hv):.4f} | "
+                     f"{statistics.mean(r['front'] for r in by_seed.values()):.1f} | {', '.join(used) or '-'} |")
+    if "auto" in results:
+        lines += ["", "Uniform references of the default sampler's studies, and the best front point that dominates each",
+                  "(smallest such point; accuracy, bytes as % of the teacher, latency ratio):", "",
+                  "| seed | reference | reference point | dominated by |", "|---:|---|---|---|"]
+        for seed, r in results["auto"].items():
+            pts = [Point(**p) for p in r["points"]]
+            front = pareto_front(pts)
+            teacher_bytes = r["teacher"]["size_bytes"]
+            labels = {int(k): v for k, v in r["references"].items()}
+            for ref in (p for p in pts if p.number in labels):
+                better = [p for p in front if dominates(p, ref)]
+                best = min(better, key=lambda p: p.size_bytes) if better else None
+                lines.append(f"| {seed} | {labels[ref.number]} | {_fmt(ref, teacher_bytes)} | "
+                             f"{f'trial {best.number}: ' + _fmt(best, teacher_bytes) if best else 'none'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(p: Point, teacher_bytes: int) -> str:
+    return f"{p.accuracy:.4f}, {100 * p.size_bytes / teacher_bytes:.1f}%, {p.latency_ratio:.2f}x"
+
+
+def draw_history(results: dict[str, dict[int, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, by_seed in results.items():
+        runs = [r["history"] for r in by_seed.values() if r["history"]]
+        if not runs:
+            continue
+        n = max(len(h) for h in runs)
+        padded = [h + [h[-1]] * (n - len(h)) for h in runs]
+        mean = [statistics.mean(col) for col in zip(*padded)]
+        ax.plot(range(1, n + 1), mean, label=method)
+        ax.fill_between(range(1, n + 1), [min(c) for c in zip(*padded)], [max(c) for c in zip(*padded)], alpha=0.15)
+    ax.set_xlabel("completed trials")
+    ax.set_ylabel("hypervolume (teacher-normalised)")
+    ax.set_title("Search quality on MNIST: mean and range over seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
