@@ -135,8 +135,15 @@ def _broken_factory(env: Env) -> list[str]:
 
 
 def _checkpoint(env: Env) -> list[str]:
-    pytest.skip("study files cannot name a teacher checkpoint yet: the teacher is trained once per study "
-                "and stored; a stored teacher that does not fit `task.model` is refused as a changed study")
+    # A real state dict, of a wider teacher than the study's `task.model` describes.
+    import torch
+
+    from squeeze.spaces import get_family
+
+    path = env.tmp / "wider.pt"
+    torch.save(get_family("cnn").build({"widths": [16, 16], "depths": [1, 1]}, in_channels=1, num_classes=10)
+               .state_dict(), path)
+    return ["run", env.study(replace={"depths = [1, 1]": f'depths = [1, 1]\ncheckpoint = "{path}"'})]
 
 
 def _export(env: Env, trial: str | int, out: str | None = None) -> list[str]:
@@ -211,7 +218,9 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
     ("mnist-idx-truncated-gzip", lambda e: _mnist(e, cut=-1, gz=True),
      r"train-images-idx3-ubyte\.gz` could not be read as a gzip file"),
     ("model-factory-raises", _broken_factory, r"model family 'exploding' cannot build a teacher from `task\.model`.*the factory exploded"),
-    ("checkpoint-does-not-fit", _checkpoint, r""),
+    ("checkpoint-does-not-fit", _checkpoint,
+     r"`task\.model\.checkpoint` file `.*wider\.pt` does not fit the teacher that `task\.model` describes: "
+     r"`stages\.0\.0\.conv\.weight` has shape \(16, 1, 3, 3\) in the file"),
     ("storage-malformed-url", lambda e: ["run", e.study(storage="not a url")], r"`study\.storage` must be a database URL"),
     ("storage-unsupported-backend", lambda e: ["run", e.study(storage=f"mysql://user:{SECRET}@db.example/x")],
      r"`study\.storage` must use sqlite or postgresql, but got 'mysql'"),
