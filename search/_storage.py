@@ -257,6 +257,15 @@ def claim_teacher(engine: sa.Engine, study: str, owner: str, *, stale_after_s: f
         time.sleep(0.5)
 
 
+def release_teacher(engine: sa.Engine, study: str, owner: str) -> None:
+    """Give up a claim to train the teacher (its training was interrupted or failed): the next worker
+    that asks claims it at once instead of waiting for the claim to go stale."""
+    with Session(engine) as s:
+        s.execute(sa.delete(TeacherRow).where(TeacherRow.study == study, TeacherRow.owner == owner,
+                                              TeacherRow.state == "training"))
+        s.commit()
+
+
 def beat_teacher(engine: sa.Engine, study: str, owner: str) -> None:
     with Session(engine) as s:
         s.execute(sa.update(TeacherRow).where(TeacherRow.study == study, TeacherRow.owner == owner).values(heartbeat=now()))

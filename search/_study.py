@@ -198,6 +198,14 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
             st.store_teacher(ctx.engine, spec.study.name, owner, weights=weights, artifact=art,
                              sha256=hashlib.sha256(weights).hexdigest(), accuracy=acc, size_bytes=len(art),
                              latency_ms=lat.teacher_ms)
+        except BaseException:
+            # Ctrl-C, or a teacher that cannot be trained: the next run starts at once, not after grace_s.
+            stop.set()
+            try:
+                st.release_teacher(ctx.engine, spec.study.name, owner)
+            except Exception:  # noqa: BLE001 - the claim then goes stale after grace_s, as if killed
+                pass
+            raise
         finally:
             stop.set()
         row = st.get_teacher(ctx.engine, spec.study.name)

@@ -129,3 +129,22 @@ def test_a_student_far_below_min_accuracy_after_distillation_stops_there(tiny_st
             return nn.functional.one_hot(torch.tensor([index[r.numpy().tobytes()] for r in x]), 10).float()
 
     early.after_stage("distil", Oracle(), started=0.0)
+
+
+def test_an_interrupted_teacher_training_releases_its_claim(tiny_study, monkeypatch) -> None:
+    from squeeze.search import _study
+
+    path = tiny_study(name="released")
+    spec = load_spec(path)
+    data = _api.prepare(spec)
+    ctx = _study.connect(spec, create=True)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_study, "train_teacher", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _study.ensure_teacher(ctx, data)
+    # No claim is left behind, so another worker claims it at once (no wait for the grace period).
+    assert _storage.get_teacher(ctx.engine, "released") is None
+    assert _storage.claim_teacher(ctx.engine, "released", "another-worker", stale_after_s=3600) is None
