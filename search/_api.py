@@ -254,7 +254,10 @@ def list_studies(url: str) -> list[tuple[str, int, int]]:
             and not Path(parsed.database).is_file():
         # Listing must not create an empty database where a path was mistyped.
         raise SqueezeError(f"there is no study database at {st.safe_url(url)!r}: `{parsed.database}` does not exist.")
-    st.engine_for(url)
+    engine = st.engine_for(url)
+    if "studies" not in _tables(engine):
+        # A database with no study in it: say so, without creating Optuna's tables in it.
+        return []
     out = []
     for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=url)

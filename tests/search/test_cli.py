@@ -74,6 +74,18 @@ def test_commands_on_a_missing_database_exit_2(command: str, tmp_path: Path, cap
     assert not (tmp_path / "missing.db").exists(), "a mistyped path must not create a database"
 
 
+def test_studies_on_a_database_without_studies_writes_nothing(tmp_path: Path, capfd) -> None:
+    path = tmp_path / "other.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE notes (id INTEGER)"))
+    engine.dispose()
+    before = path.read_bytes()
+    code, out, err = _cli(capfd, "studies", "--storage", f"sqlite:///{path}")
+    assert code == 0, err
+    assert path.read_bytes() == before, "listing must not create Optuna's tables in someone else's database"
+
+
 def _complete(url: str, name: str) -> dict[int, tuple[float, ...]]:
     engine = sa.create_engine(url)
     try:
