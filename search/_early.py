@@ -39,9 +39,12 @@ SAMPLE = 1024
 class StoppedEarly(optuna.TrialPruned):
     """The trial cannot meet a budget; ``attrs`` say why and what it saved."""
 
-    def __init__(self, reason: str, attrs: Mapping[str, Any]) -> None:
+    def __init__(self, reason: str, attrs: Mapping[str, Any], constraints: Mapping[str, float]) -> None:
         super().__init__(reason)
         self.attrs = dict(attrs)
+        self.constraints = dict(constraints)
+        """How far the trial breaks each budget (> 0), for ``Trial.set_constraint``: samplers that read
+        constraints (TPE, NSGA-II) then rank it as infeasible, by how far, rather than as merely pruned."""
 
 
 class EarlyStop:
@@ -66,13 +69,13 @@ class EarlyStop:
         """Record a trial that ran to the end (the yardstick for the time saved)."""
         self._durations.append(seconds)
 
-    def _stop(self, reason: str, started: float, **figures: float) -> StoppedEarly:
+    def _stop(self, reason: str, started: float, constraints: Mapping[str, float], **figures: float) -> StoppedEarly:
         spent = time.perf_counter() - started
         saved = max(0.0, statistics.median(self._durations) - spent) if self._durations else None
         attrs = {"stopped_early": reason, "stopped_after_s": round(spent, 3), **figures}
         if saved is not None:
             attrs["saved_s"] = round(saved, 3)
-        return StoppedEarly(reason, attrs)
+        return StoppedEarly(reason, attrs, constraints)
 
     def before_training(self, plan: CompressionPlan, *, started: float) -> None:
         """Raise :class:`StoppedEarly` when the plan's smallest possible artifact breaks ``max_size_kb``."""
@@ -84,7 +87,7 @@ class EarlyStop:
         if bound > limit * 1024:
             raise self._stop(
                 f"size: its artifact cannot be smaller than {bound / 1024:.2f} KB, over max_size_kb = {limit:g}",
-                started, size_lower_bound=round(bound, 1),
+                started, {"max_size_kb": bound / 1024 - limit}, size_lower_bound=round(bound, 1),
             )
 
     def after_stage(self, stage: str, model: nn.Module, *, started: float) -> None:
@@ -99,5 +102,6 @@ class EarlyStop:
         if acc < floor - margin:
             raise self._stop(
                 f"accuracy: {acc:.4f} on training samples after distillation, more than {margin:g} below "
-                f"min_accuracy = {floor:g}", started, distilled_train_accuracy=round(acc, 4),
+                f"min_accuracy = {floor:g}", started, {"min_accuracy": floor - acc},
+                distilled_train_accuracy=round(acc, 4),
             )

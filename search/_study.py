@@ -39,7 +39,7 @@ from squeeze.objectives import (
 from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
-from ._early import EarlyStop
+from ._early import EarlyStop, StoppedEarly
 from ._pareto import Point, Teacher, front_data, hypervolume, pareto_front
 from ._samplers import make_sampler
 from ._spec import StudyOptions, StudySpec
@@ -265,13 +265,18 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
         started = time.perf_counter()
         params = space.suggest(trial)
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
-        early.before_training(plan, started=started)
-        judged = evaluate_plan(
-            plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
-            options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
-            latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
-            check=lambda stage, model: early.after_stage(stage, model, started=started),
-        )
+        try:
+            early.before_training(plan, started=started)
+            judged = evaluate_plan(
+                plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
+                options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
+                latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
+                check=lambda stage, model: early.after_stage(stage, model, started=started),
+            )
+        except StoppedEarly as stop:
+            for key, violation in stop.constraints.items():
+                trial.set_constraint(key, violation)
+            raise
         early.finished(time.perf_counter() - started)
         attrs = judged.attrs() | {"worker": socket.gethostname(), "_artifact": judged.artifact}
         values = (judged.accuracy, float(judged.size_bytes), judged.latency.ratio)

@@ -88,6 +88,7 @@ def test_plans_that_cannot_meet_the_size_budget_stop_before_training(tiny_study)
         assert t.user_attrs["stopped_early"].startswith("size:")
         assert t.user_attrs["size_lower_bound"] > 1.5 * 1024
         assert "timings_s" not in t.user_attrs, "nothing was trained"
+        assert t.constraints["max_size_kb"] > 0, "samplers see it as infeasible, by how far"
     median_full = sorted(t.user_attrs["trial_s"] for t in complete)[len(complete) // 2]
     assert all(t.user_attrs["trial_s"] < median_full for t in stopped)
     after_first = [t for t in stopped if t.number > min(c.number for c in complete)]
