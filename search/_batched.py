@@ -129,22 +129,27 @@ class BatchedStorage(_CachedStorage):
             self._add_pending(session, trial_id, pending)
 
     def _add_pending(self, session: Any, trial_id: int, pending: _Pending) -> None:
-        for name, value, dist in pending.params:
-            session.add(models.TrialParamModel(trial_id=trial_id, param_name=name, param_value=value,
-                                               distribution_json=distributions.distribution_to_json(dist)))
+        if pending.params:
+            # One cached statement, executed for many rows (unit-of-work objects cost ~0.3 ms apiece).
+            session.execute(sa.insert(models.TrialParamModel), [
+                {"trial_id": trial_id, "param_name": name, "param_value": value,
+                 "distribution_json": distributions.distribution_to_json(dist)}
+                for name, value, dist in pending.params
+            ])
         for model, attrs in ((models.TrialUserAttributeModel, pending.user_attrs),
                              (models.TrialSystemAttributeModel, pending.system_attrs)):
             if attrs:
                 self._upsert(session, model, trial_id, attrs)
 
     def _upsert(self, session: Any, model: Any, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Insert or replace attributes in one statement (Optuna's own way costs a query per key)."""
+        """Insert or replace attributes with one statement (Optuna's own way costs a query per key)."""
         rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
         dialect = self._backend.engine.dialect.name
         if dialect in ("postgresql", "sqlite"):
             insert = (postgresql if dialect == "postgresql" else sqlite).insert(model)
-            session.execute(insert.values(rows).on_conflict_do_update(
-                index_elements=[model.trial_id, model.key], set_={"value_json": insert.excluded.value_json}))
+            # Executed for many rows, so the compiled statement is cached whatever the number of keys.
+            session.execute(insert.on_conflict_do_update(
+                index_elements=[model.trial_id, model.key], set_={"value_json": insert.excluded.value_json}), rows)
             return
         for key, value in attrs.items():
             self._backend._set_trial_attr_without_commit(session, model, trial_id, key, value)

@@ -152,7 +152,7 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     table.add_row("hypervolume", f"{s.hypervolume:.4f}" if s.hypervolume is not None else "-")
     if s.sampler_ms is not None:
         share = f" ({s.sampler_ms / 10 / s.trial_s:.1f}% of a {s.trial_s:.2f} s trial)" if s.trial_s else ""
-        table.add_row("sampler", f"{s.sampler}, {s.sampler_ms:.1f} ms a trial{share}")
+        table.add_row("sampler", f"{s.sampler}, {s.sampler_ms:.2f} ms a trial{share}")
     if s.stopped_early:
         table.add_row("stopped early", f"{s.stopped_early} trials, about {s.saved_s:.0f} s saved")
     if s.teacher:

@@ -7,6 +7,7 @@ export, and Optuna's own CLI reading the study.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -133,6 +134,8 @@ def test_tiny_study_end_to_end_with_ctrl_c(tiny_study, tmp_path: Path, capfd) ->
     code, out, _ = _cli(capfd, "status", str(path))
     assert code == 0 and "trials complete" in out and "budget (completed)" in out
     assert [line for line in out.splitlines() if "trials complete" in line][0].split()[-2] == "3"
+    sampler = [line for line in out.splitlines() if "sampler" in line]
+    assert sampler and re.search(r"(random|tpe|nsga2), \d+\.\d+ ms a trial \(\d+\.\d% of a", sampler[0]), out
     code, out, _ = _cli(capfd, "pareto", "e2e", "--storage", url)
     assert code == 0 and "Pareto front" in out
     code, out, _ = _cli(capfd, "pareto", str(path), "--all")
