@@ -12,6 +12,11 @@ against the budget of completed trials.
   *training* data (held-out data is never used inside a trial) is an optimistic estimate of what
   it will score; more than ``study.early_stop_margin`` below ``objectives.min_accuracy``, it stops.
 
+Stops are capped: a worker stops early at most ``FREE_STOPS`` trials more than it has finished.
+Samplers that learn only from completed trials (GP; NSGA-II's population) do not see a stopped
+trial, so they may propose the same hopeless region again and again; past the cap such trials run
+to the end, are recorded infeasible with measured values, and the sampler learns from them.
+
 Latency is not checked before training: it is a measurement, noisy on a shared machine, and a
 stop on noise would throw away a trial that meets the budget.
 """
@@ -34,6 +39,9 @@ from ._spec import StudySpec
 
 SAMPLE = 1024
 """Training samples the distilled student is scored on."""
+
+FREE_STOPS = 10
+"""How many more trials a worker may stop early than it has run to the end."""
 
 
 class StoppedEarly(optuna.TrialPruned):
@@ -58,18 +66,20 @@ class EarlyStop:
         self._options = options
         self._compress = compress
         self._durations: list[float] = []
+        self.stopped = 0
         gen = torch.Generator().manual_seed(spec.study.seed)
         self._sample = torch.randperm(len(data.x_train), generator=gen)[:SAMPLE]
 
     @property
     def enabled(self) -> bool:
-        return self._spec.study.early_stop
+        return self._spec.study.early_stop and self.stopped < len(self._durations) + FREE_STOPS
 
     def finished(self, seconds: float) -> None:
         """Record a trial that ran to the end (the yardstick for the time saved)."""
         self._durations.append(seconds)
 
     def _stop(self, reason: str, started: float, constraints: Mapping[str, float], **figures: float) -> StoppedEarly:
+        self.stopped += 1
         spent = time.perf_counter() - started
         saved = max(0.0, statistics.median(self._durations) - spent) if self._durations else None
         attrs = {"stopped_early": reason, "stopped_after_s": round(spent, 3), **figures}

@@ -149,3 +149,21 @@ def test_an_interrupted_teacher_training_releases_its_claim(tiny_study, monkeypa
     # No claim is left behind, so another worker claims it at once (no wait for the grace period).
     assert _storage.get_teacher(ctx.engine, "released") is None
     assert _storage.claim_teacher(ctx.engine, "released", "another-worker", stale_after_s=3600) is None
+
+
+def test_early_stops_are_capped_beside_the_trials_run_to_the_end(tiny_study) -> None:
+    from squeeze.objectives import CompressSpec, load_task
+    from squeeze.search._early import FREE_STOPS, EarlyStop, StoppedEarly
+    from squeeze.spaces import CompressionPlan, get_family
+
+    spec = load_spec(tiny_study(name="capped", extra="\n[objectives]\nmax_size_kb = 0.01\n"))
+    data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
+    early = EarlyStop(spec, data=data, family=get_family("cnn"), options=spec.task.model, compress=CompressSpec())
+    plan = CompressionPlan()
+    for _ in range(FREE_STOPS):
+        with pytest.raises(StoppedEarly):
+            early.before_training(plan, started=0.0)
+    early.before_training(plan, started=0.0)  # over the cap: this one runs to the end
+    early.finished(1.0)
+    with pytest.raises(StoppedEarly):
+        early.before_training(plan, started=0.0)
