@@ -21,7 +21,7 @@ library's own (normalised by the teacher, reference point (1, 1.5, 2)).
 For each of the default sampler's uniform references, the best front point that dominates it
 (at least as good in all three objectives, better in one) is reported.
 
-    python benchmarks/search_quality.py --data ../shared/data/mnist [--trials 40] [--jobs 2] [--seeds 0,1,2]
+    python benchmarks/search_quality.py --data ../shared/data/mnist [--trials 40] [--jobs 1] [--seeds 0,1,2]
 
 Writes ``search_quality.md`` (the tables), ``search_quality.png`` (hypervolume over trials, mean
 and range over seeds) and ``search_quality.json`` to ``--out`` (default ``benchmarks/results``).
@@ -275,7 +275,8 @@ def main() -> int:
     parser.add_argument("--min-accuracy", type=float, default=0.85,
                         help="the studies' accuracy budget: a model below it is not a candidate")
     parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--jobs", type=int, default=3, help="seeds run at once, one process (and thread) each")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at once, one process (and thread) each; more than the cores left idle makes latency noisy")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
