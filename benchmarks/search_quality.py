@@ -44,9 +44,9 @@ from pathlib import Path
 import optuna
 import torch
 
-from squeeze.objectives import CompressSpec, TrainingBudget, load_task, train_teacher
+from squeeze.objectives import TrainingBudget, load_task, train_teacher
 from squeeze.search import Point, Teacher, hypervolume, load_spec, pareto_front
-from squeeze.search._pareto import hypervolume_history
+from squeeze.search._pareto import dominates, hypervolume_history
 from squeeze.search._api import _storing, prepare
 from squeeze.search._study import (
     connect,
@@ -218,12 +218,6 @@ def run_sequential(args: argparse.Namespace, seed: int) -> Session:
     study.set_user_attr("sequential_base_trial", best.number)
     s.run(trials=args.trials, sampler=optuna.samplers.PartialFixedSampler(fixed, base()))
     return s
-
-
-def dominates(a: Point, b: Point) -> bool:
-    ge = a.accuracy >= b.accuracy and a.size_bytes <= b.size_bytes and a.latency_ratio <= b.latency_ratio
-    gt = a.accuracy > b.accuracy or a.size_bytes < b.size_bytes or a.latency_ratio < b.latency_ratio
-    return ge and gt
 
 
 def run_seed(args: argparse.Namespace, seed: int, methods: list[str]) -> dict[str, dict]:

@@ -175,7 +175,7 @@ def main() -> int:
             say(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start; "
                 f"PostgreSQL {sa.create_engine(url).connect().execute(sa.text('SHOW server_version')).scalar()}")
             say()
-            say(f"| workers | trials | span (s) | trials/s | speed-up | of linear |")
+            say("| workers | trials | span (s) | trials/s | speed-up | of linear |")
             say("|---:|---:|---:|---:|---:|---:|")
             base = None
             for k in [int(x) for x in args.workers.split(",")]:

@@ -62,16 +62,10 @@ def teacher_artifact(
     teacher: nn.Module, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData, card: Mapping[str, Any] | None = None
 ) -> bytes:
     """The teacher as an artifact: folded float, the same format as every candidate."""
-    arch = Arch(
-        family=family.name,
-        options=dict(options),
-        student={},
-        in_channels=data.in_channels,
-        num_classes=data.num_classes,
-        input_size=data.input_size,
-        channels=out_channels(teacher, family.prunable(teacher)),
-    )
-    return encode(fold_batchnorm(teacher), arch=arch, plan=CompressionPlan(), scales={}, activations={}, card=card)
+    plan = CompressionPlan()
+    arch = _arch(plan, family=family, options=options, data=data,
+                 channels=out_channels(teacher, family.prunable(teacher)))
+    return encode(fold_batchnorm(teacher), arch=arch, plan=plan, scales={}, activations={}, card=card)
 
 
 def size_lower_bound(
@@ -95,7 +89,14 @@ def size_lower_bound(
         ratio = float(plan.sparsity.get(name, 0.0))
         kept = max(1, total - math.ceil(ratio * total)) if ratio > 0 else total
         channels[name] = min(total, math.ceil(kept / compress.round_channels) * compress.round_channels)
-    arch = Arch(
+    arch = _arch(plan, family=family, options=options, data=data, channels=channels)
+    return size_floor(arch=arch, plan=plan, card={}, activations=0)
+
+
+def _arch(plan: CompressionPlan, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData,
+          channels: Mapping[str, int]) -> Arch:
+    """What rebuilds ``plan``'s student with ``channels`` kept per prunable layer."""
+    return Arch(
         family=family.name,
         options=dict(options),
         student={k: dict(v) for k, v in plan.student.items()},
@@ -104,7 +105,6 @@ def size_lower_bound(
         input_size=data.input_size,
         channels=channels,
     )
-    return size_floor(arch=arch, plan=plan, card={}, activations=0)
 
 
 def evaluate_plan(
@@ -183,15 +183,8 @@ def evaluate_plan(
     gen = torch.Generator().manual_seed(seed + 3)
     calib_idx = torch.randperm(len(data.x_train), generator=gen)[:CALIBRATION_SAMPLES]
     activations = calibrate(folded, dict(plan.bits), scales, example=example, calibration=data.x_train[calib_idx])
-    arch = Arch(
-        family=family.name,
-        options=dict(options),
-        student={k: dict(v) for k, v in plan.student.items()},
-        in_channels=data.in_channels,
-        num_classes=data.num_classes,
-        input_size=data.input_size,
-        channels=out_channels(student, family.prunable(student)),
-    )
+    arch = _arch(plan, family=family, options=options, data=data,
+                 channels=out_channels(student, family.prunable(student)))
     draft = encode(folded, arch=arch, plan=plan, scales=scales, activations=activations)
     deployed = decode(draft).module
     lap("materialize")

@@ -38,7 +38,6 @@ from ._study import (
     network_objective,
     points,
     run_worker,
-    state_counts,
     teacher_of,
 )
 

@@ -32,7 +32,7 @@ import optuna
 import torch
 from torch import nn
 
-from squeeze.objectives import CompressSpec, TaskData, accuracy, size_lower_bound
+from squeeze.objectives import TaskData, accuracy, size_lower_bound
 from squeeze.spaces import CompressionPlan, ModelFamily
 
 from ._spec import StudySpec
@@ -58,17 +58,15 @@ class StoppedEarly(optuna.TrialPruned):
 class EarlyStop:
     """One worker's early-stopping rules and its record of how long full trials take."""
 
-    def __init__(self, spec: StudySpec, *, data: TaskData, family: ModelFamily, options: Mapping[str, Any],
-                 compress: CompressSpec) -> None:
+    def __init__(self, spec: StudySpec, *, data: TaskData, family: ModelFamily) -> None:
         self._spec = spec
         self._data = data
         self._family = family
-        self._options = options
-        self._compress = compress
         self._durations: list[float] = []
         self.stopped = 0
         gen = torch.Generator().manual_seed(spec.study.seed)
-        self._sample = torch.randperm(len(data.x_train), generator=gen)[:SAMPLE]
+        sample = torch.randperm(len(data.x_train), generator=gen)[:SAMPLE]
+        self._x, self._y = data.x_train[sample], data.y_train[sample]
 
     @property
     def enabled(self) -> bool:
@@ -92,8 +90,8 @@ class EarlyStop:
         limit = self._spec.objectives.max_size_kb
         if not self.enabled or limit is None:
             return
-        bound = size_lower_bound(plan, family=self._family, options=self._options, data=self._data,
-                                 compress=self._compress)
+        bound = size_lower_bound(plan, family=self._family, options=self._spec.task.model, data=self._data,
+                                 compress=self._spec.compress)
         if bound > limit * 1024:
             raise self._stop(
                 f"size: its artifact cannot be smaller than {bound / 1024:.2f} KB, over max_size_kb = {limit:g}",
@@ -106,7 +104,7 @@ class EarlyStop:
         if not self.enabled or floor is None or stage != "distil":
             return
         with torch.no_grad():
-            acc = accuracy(model, self._data.x_train[self._sample], self._data.y_train[self._sample])
+            acc = accuracy(model, self._x, self._y)
         model.train()
         margin = self._spec.study.early_stop_margin
         if acc < floor - margin:

@@ -121,6 +121,11 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
+def dominates(a: Point, b: Point) -> bool:
+    """Whether ``a`` is at least as good as ``b`` in all three objectives and better in one."""
+    return _dominates(_objectives(a), _objectives(b))
+
+
 def pareto_front(points: Sequence[Point], *, feasible_only: bool = True) -> list[Point]:
     """The non-dominated points under (accuracy max, size min, latency ratio min).
 

@@ -25,12 +25,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from squeeze.objectives import (
-    LatencySpec,
     TaskData,
     accuracy,
     decode,
     evaluate_plan,
-    load_task,
     measure,
     teacher_artifact,
     train_teacher,
@@ -40,10 +38,10 @@ from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, 
 
 from . import _storage as st
 from ._early import EarlyStop, StoppedEarly
-from ._pareto import Point, Teacher, front_data, hypervolume, pareto_front
+from ._pareto import Point, Teacher, hypervolume, pareto_front
 from ._samplers import make_sampler
 from ._spec import StudyOptions, StudySpec
-from ._workers import Interrupted, Objective, WorkerReport, retry_callback, state_counts, work, worker_seed  # noqa: F401 (re-exported)
+from ._workers import Objective, WorkerReport, retry_callback, work, worker_seed
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # We drive heartbeats ourselves around ask-and-tell (see _TrialHeartbeat), which Optuna warns about.
@@ -200,7 +198,6 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
                              latency_ms=lat.teacher_ms)
         except BaseException:
             # Ctrl-C, or a teacher that cannot be trained: the next run starts at once, not after grace_s.
-            stop.set()
             try:
                 st.release_teacher(ctx.engine, spec.study.name, owner)
             except Exception:  # noqa: BLE001 - the claim then goes stale after grace_s, as if killed
@@ -259,7 +256,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
     family = get_family(spec.task.family)
     space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
 
-    early = EarlyStop(spec, data=data, family=family, options=spec.task.model, compress=spec.compress)
+    early = EarlyStop(spec, data=data, family=family)
 
     def objective(trial: optuna.Trial) -> tuple[tuple[float, float, float], dict[str, Any]]:
         started = time.perf_counter()
@@ -403,12 +400,12 @@ class _RunningFront:
 
 
 def _maybe_snapshot(ctx: Context, study: optuna.Study, completed: int, teacher: Teacher, *,
-                    front: _RunningFront | None = None) -> None:
+                    front: _RunningFront) -> None:
     every = ctx.spec.study.snapshot_every
     if completed % every and completed != ctx.spec.study.trials:
         return
     pts = points(study)
-    members = (front or _RunningFront()).update(pts)
+    members = front.update(pts)
     hv = hypervolume(members, teacher=teacher)
     elapsed = max((p.finished_s or 0.0) for p in pts) if pts else None
     st.add_snapshot(ctx.engine, ctx.spec.study.name, completed=completed, front=[p.number for p in members],

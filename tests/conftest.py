@@ -8,6 +8,7 @@ and fails when they were skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 import uuid
@@ -83,15 +84,20 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("SQUEEZE_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"SQUEEZE_REQUIRE_POSTGRES=1 but {PG_ENV} is not set: the PostgreSQL tests must run here")
         pytest.skip(f"PostgreSQL tests need {PG_ENV} (a server URL such as postgresql+psycopg://root@127.0.0.1:5432/test)")
-    name = f"squeeze_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with fresh_pg_database(base, prefix="squeeze_test") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_pg_database(server: str, *, prefix: str) -> Iterator[str]:
+    """Create a new, empty PostgreSQL database on ``server``; yield its URL; drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
+        yield sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
-        sa.engine.make_url(url)
         with admin.connect() as conn:
             conn.execute(sa.text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,18 +35,10 @@ def empty_url(request, tmp_path: Path) -> Iterator[str]:
         if os.environ.get("SQUEEZE_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"SQUEEZE_REQUIRE_POSTGRES=1 but {PG_ENV} is not set")
         pytest.skip(f"PostgreSQL tests need {PG_ENV}")
-    name = f"squeeze_schema_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    from conftest import fresh_pg_database
+
+    with fresh_pg_database(base, prefix="squeeze_schema") as url:
+        yield url
 
 
 def _schema_rows(url: str) -> list[tuple[int, int]]:

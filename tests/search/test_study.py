@@ -98,7 +98,7 @@ def test_plans_that_cannot_meet_the_size_budget_stop_before_training(tiny_study)
 
 
 def test_a_student_far_below_min_accuracy_after_distillation_stops_there(tiny_study) -> None:
-    from squeeze.objectives import CompressSpec, load_task
+    from squeeze.objectives import load_task
     from squeeze.search._early import EarlyStop, StoppedEarly
     from squeeze.spaces import get_family
     from torch import nn
@@ -107,7 +107,7 @@ def test_a_student_far_below_min_accuracy_after_distillation_stops_there(tiny_st
     spec = load_spec(path)
     data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
     family = get_family("cnn")
-    early = EarlyStop(spec, data=data, family=family, options=spec.task.model, compress=CompressSpec())
+    early = EarlyStop(spec, data=data, family=family)
 
     class Constant(nn.Module):
         """Always answers class 0: about 10% accurate on digits."""
@@ -152,13 +152,13 @@ def test_an_interrupted_teacher_training_releases_its_claim(tiny_study, monkeypa
 
 
 def test_early_stops_are_capped_beside_the_trials_run_to_the_end(tiny_study) -> None:
-    from squeeze.objectives import CompressSpec, load_task
+    from squeeze.objectives import load_task
     from squeeze.search._early import FREE_STOPS, EarlyStop, StoppedEarly
     from squeeze.spaces import CompressionPlan, get_family
 
     spec = load_spec(tiny_study(name="capped", extra="\n[objectives]\nmax_size_kb = 0.01\n"))
     data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
-    early = EarlyStop(spec, data=data, family=get_family("cnn"), options=spec.task.model, compress=CompressSpec())
+    early = EarlyStop(spec, data=data, family=get_family("cnn"))
     plan = CompressionPlan()
     for _ in range(FREE_STOPS):
         with pytest.raises(StoppedEarly):

@@ -216,16 +216,10 @@ def test_killing_every_worker_then_starting_one_finishes_the_study(pg_url: str, 
 
 def test_eight_processes_create_the_same_new_study_at_once_and_train_one_teacher(pg_url: str, tiny_study) -> None:
     # A database of its own, so that the table creation races too.
-    server = sa.engine.make_url(pg_url)
-    dbname = f"{server.database}_race"
-    admin = sa.create_engine(server.set(database="postgres").render_as_string(hide_password=False),
-                             isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{dbname}"'))
-    url = server.set(database=dbname).render_as_string(hide_password=False)
-    try:
+    from conftest import fresh_pg_database
+
+    with fresh_pg_database(pg_url, prefix="squeeze_race") as url:
         path = tiny_study(name="race", storage=url, trials=2)
-        path.write_text(path.read_text().replace("teacher_epochs = 3", "teacher_epochs = 2"))
         procs = [Worker(path, args=("--mode", "teacher")) for _ in range(8)]
         assert [p.finish(timeout=300) for p in procs] == [0] * 8, [p.text[-2000:] for p in procs]
         said = [p.lines[-1] for p in procs]
@@ -237,12 +231,6 @@ def test_eight_processes_create_the_same_new_study_at_once_and_train_one_teacher
             assert conn.execute(sa.text("SELECT COUNT(*) FROM squeeze_teachers")).scalar_one() == 1
             assert conn.execute(sa.text("SELECT COUNT(*) FROM squeeze_studies")).scalar_one() == 1
         engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n "
-                                 "AND pid <> pg_backend_pid()"), {"n": dbname})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}"'))
-        admin.dispose()
 
 
 def test_bad_storage_urls_end_in_one_sentence_without_the_password(pg_url: str, pg_study) -> None:
