@@ -81,7 +81,7 @@ data = "{data}"
 options = {{ limit = {limit}, holdout_limit = {holdout_limit} }}
 
 [task.model]
-widths = [8, 16, 32]
+widths = [{widths}]
 depths = [1, 2, 1]
 checkpoint = "{checkpoint}"
 
@@ -116,8 +116,9 @@ def study_text(args: argparse.Namespace, *, name: str, sampler: str, seed: int, 
     return STUDY.format(
         early_stop="true" if early_stop else "false", min_accuracy=args.min_accuracy, name=name, db=args.out / f"search_quality-s{seed}.db", trials=trials, sampler=sampler, seed=seed,
         references="true" if references else "false", data=args.data.resolve(), limit=args.limit,
-        holdout_limit=args.holdout_limit, checkpoint=args.out / "teacher.pt", epochs=args.epochs,
+        holdout_limit=args.holdout_limit, checkpoint=teacher_path(args), epochs=args.epochs,
         distill=args.distill, finetune=args.finetune, qat=args.qat, repeats=args.repeats,
+        widths=", ".join(str(w) for w in args.widths),
     )
 
 
@@ -128,9 +129,13 @@ def write_study(args: argparse.Namespace, **kw) -> Path:
     return path
 
 
+def teacher_path(args: argparse.Namespace) -> Path:
+    return args.out / f"teacher-{'-'.join(map(str, args.widths))}.pt"
+
+
 def train_shared_teacher(args: argparse.Namespace) -> None:
     """One teacher for every study: trained here once, then loaded by each study as a checkpoint."""
-    target = args.out / "teacher.pt"
+    target = teacher_path(args)
     if target.exists():
         return
     spec = load_spec(write_study(args, name="teacher", sampler="random", seed=0, references=False, trials=1))
@@ -208,13 +213,15 @@ def run_sequential(args: argparse.Namespace, seed: int) -> Session:
     first = args.trials // 2
     base = lambda: make_sampler("auto", seed=worker_seed(seed, 0), trials=args.trials)  # noqa: E731
     floats = {f"bits.{layer}": 32 for layer in s.space.quantizable}
+    if s.space.float_choice:
+        floats["precision"] = "float"
     if s.completed() < first:
         s.run(trials=first, sampler=optuna.samplers.PartialFixedSampler(floats, base()))
     study = optuna.load_study(study_name=s.spec.study.name, storage=s.spec.study.storage)
     pruned = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)[:first]
     good = [t for t in pruned if t.values[0] >= s.teacher.accuracy - 0.02]
     best = min(good, key=lambda t: t.values[1]) if good else max(pruned, key=lambda t: t.values[0])
-    fixed = {k: v for k, v in best.params.items() if not k.startswith("bits.")}
+    fixed = {k: v for k, v in best.params.items() if not k.startswith("bits.") and k != "precision"}
     study.set_user_attr("sequential_base_trial", best.number)
     s.run(trials=args.trials, sampler=optuna.samplers.PartialFixedSampler(fixed, base()))
     return s
@@ -262,6 +269,8 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--limit", type=int, default=6000, help="training images (of the 8,000 not held out)")
     parser.add_argument("--holdout-limit", type=int, default=1000)
+    parser.add_argument("--widths", type=lambda v: [int(w) for w in v.split(",")], default=[16, 32, 64],
+                        help="the teacher's stage widths (family cnn, depths 1-2-1)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--distill", type=int, default=60)
     parser.add_argument("--finetune", type=int, default=30)
@@ -296,7 +305,7 @@ def main() -> int:
 def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, elapsed: float) -> str:
     lines = [
         f"{args.trials} trials a study, seeds {args.seeds}; MNIST ({args.limit} training images, "
-        f"{args.holdout_limit} held out); teacher cnn 8-16-32 trained once (held-out accuracy "
+        f"{args.holdout_limit} held out); teacher cnn {'-'.join(map(str, args.widths))} (depths 1-2-1) trained once (held-out accuracy "
         f"{next(iter(next(iter(results.values())).values()))['teacher']['accuracy']:.4f}); budget min_accuracy = "
         f"{args.min_accuracy}; {sum(r['seconds'] for m in results.values() for r in m.values()) / 60:.0f} min of "
         f"study time in all, {args.jobs} seeds at a time on this machine.",

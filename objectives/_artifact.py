@@ -122,6 +122,9 @@ class Arch:
             return fold_batchnorm(model)
 
 
+_LEAF_RANK = {"weight": 0, "bias": 1}
+
+
 @dataclass(frozen=True)
 class _Slot:
     """Where one parameter lives: packed at ``bits`` (``q``), float32 (``f``) or float16 (``h``)."""
@@ -137,10 +140,26 @@ class _Slot:
 
 
 def _slots(folded: fx.GraphModule, plan: CompressionPlan) -> list[_Slot]:
-    """Every parameter of ``folded`` in state order, with how the plan says to store it."""
+    """Every parameter of ``folded`` in the artifact's order, with how the plan says to store it.
+
+    The order is the modules' order, and within a module ``weight`` before ``bias``. It is not the
+    state dict's own order: a pruner that wraps a layer and unwraps it again registers the layer's
+    weight anew, after its bias, so a trained model and the same model rebuilt from its
+    architecture would list the two the other way round, and float tensors of the same layer
+    would be read back into each other's places.
+    """
     modules = dict(folded.named_modules())
+    position = {name: i for i, name in enumerate(modules)}
+    state = folded.state_dict()
+
+    def key(item: tuple[int, str]) -> tuple[int, int, int]:
+        index, name = item
+        owner, _, leaf = name.rpartition(".")
+        return (position.get(owner, len(position)), _LEAF_RANK.get(leaf, len(_LEAF_RANK)), index)
+
     slots = []
-    for name, tensor in folded.state_dict().items():
+    for _, name in sorted(enumerate(state), key=key):
+        tensor = state[name]
         owner, _, leaf = name.rpartition(".")
         b = int(plan.bits.get(owner, 32))
         if leaf == "weight" and b <= 8 and isinstance(modules.get(owner), (nn.Conv2d, nn.Linear)):

@@ -272,7 +272,7 @@ def _space_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     for key in ("bits", "width"):
         if key in out:
             out[key] = _as_tuple(f"space.{key}", out[key])
-    for key in ("depth", "prune", "quantize"):
+    for key in ("depth", "prune", "quantize", "float_choice"):
         if key in out and not isinstance(out[key], bool):
             raise SqueezeError(f"`space.{key}` must be true or false, but got {out[key]!r}.")
     return out

@@ -262,13 +262,16 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
         started = time.perf_counter()
         params = space.suggest(trial)
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
+        # A reference is the yardstick a front is compared with, so it is always measured to the end.
+        stoppable = "reference" not in trial.user_attrs
         try:
-            early.before_training(plan, started=started)
+            if stoppable:
+                early.before_training(plan, started=started)
             judged = evaluate_plan(
                 plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
                 options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
                 latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
-                check=lambda stage, model: early.after_stage(stage, model, started=started),
+                check=(lambda stage, model: early.after_stage(stage, model, started=started)) if stoppable else None,
             )
         except StoppedEarly as stop:
             for key, violation in stop.constraints.items():

@@ -3,6 +3,13 @@
 Parameters are named ``student.<kind>.<key>``, ``sparsity.<layer>`` and ``bits.<layer>`` after the
 teacher's stable layer names, and every trial suggests all of them, so the space has a fixed shape
 that every sampler handles. Layers a student drops are then left out of its plan.
+
+One more parameter, ``precision`` (``"per-layer"`` or ``"float"``), is there when the bit-widths
+offer both float and integer choices: ``"float"`` leaves every layer in float whatever its
+``bits.<layer>`` says. Without it an all-float plan needs every layer to draw 32 independently
+(``(1/4)**5`` for five layers and four choices), yet on small models at batch 1 int8 kernels are
+slower than float ones, so the fastest plans are all-float and a per-layer search almost never
+reaches them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from torch import nn
 from ._errors import SqueezeError
 from ._families import Knob, ModelFamily
 from ._plan import ALLOWED_BITS, CompressionPlan
+
+PRECISIONS = ("per-layer", "float")
+"""Choices of the ``precision`` parameter: each layer's own bit-width, or every layer in float."""
 
 
 class Suggester(Protocol):
@@ -53,6 +63,8 @@ class SpaceSpec:
     depth: bool = True
     prune: bool = True
     quantize: bool = True
+    float_choice: bool = True
+    """Offer the whole-model ``precision`` choice (every layer float) beside per-layer bit-widths."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, tuple):
@@ -96,6 +108,9 @@ class JointSpace:
             self.knobs = [k for k in self.knobs if k.kind != "depth"]
         self.prunable = family.prunable(teacher) if spec.prune else []
         self.quantizable = family.quantizable(teacher) if spec.quantize else []
+        self.float_choice = bool(
+            self.quantizable and spec.float_choice and 32 in spec.bits and any(b < 32 for b in spec.bits)
+        )
 
     def parameter_names(self) -> list[str]:
         """Every parameter name, in suggestion order."""
@@ -103,6 +118,7 @@ class JointSpace:
             [f"student.{k.kind}.{k.key}" for k in self.knobs]
             + [f"sparsity.{layer}" for layer in self.prunable]
             + [f"bits.{layer}" for layer in self.quantizable]
+            + (["precision"] if self.float_choice else [])
         )
 
     def suggest(self, trial: Suggester) -> dict[str, Any]:
@@ -121,6 +137,8 @@ class JointSpace:
         for layer in self.quantizable:
             name = f"bits.{layer}"
             params[name] = trial.suggest_categorical(name, list(self.spec.bits))
+        if self.float_choice:
+            params["precision"] = trial.suggest_categorical("precision", list(PRECISIONS))
         return params
 
     def plan(self, params: Mapping[str, Any], *, student_layers: Sequence[str] | None = None) -> CompressionPlan:
@@ -128,6 +146,9 @@ class JointSpace:
         student: dict[str, dict[str, float | int]] = {}
         sparsity: dict[str, float] = {}
         bits: dict[str, int] = {}
+        precision = params.get("precision", "per-layer")
+        if precision not in PRECISIONS:
+            raise SqueezeError(f"parameter `precision` must be one of {list(PRECISIONS)}, but got {precision!r}.")
         for name, value in params.items():
             group, _, rest = name.partition(".")
             if group == "student":
@@ -136,7 +157,9 @@ class JointSpace:
             elif group == "sparsity":
                 sparsity[rest] = float(value)
             elif group == "bits":
-                bits[rest] = int(value)
+                bits[rest] = 32 if precision == "float" else int(value)
+            elif name == "precision":
+                continue
             else:
                 raise SqueezeError(f"parameter `{name}` is not part of the joint space.")
         if student_layers is not None:
@@ -163,4 +186,6 @@ class JointSpace:
             params[f"sparsity.{layer}"] = sparsity
         for layer in self.quantizable:
             params[f"bits.{layer}"] = bits
+        if self.float_choice:
+            params["precision"] = "per-layer"
         return params

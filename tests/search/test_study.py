@@ -76,14 +76,17 @@ def test_size_budget_makes_the_front_feasible(tiny_study) -> None:
 
 
 def test_plans_that_cannot_meet_the_size_budget_stop_before_training(tiny_study) -> None:
-    path = tiny_study(name="early", trials=4, references=True, extra="\n[objectives]\nmax_size_kb = 1.5\n")
+    path = tiny_study(name="early", trials=6, references=True, extra="\n[objectives]\nmax_size_kb = 1.5\n")
     spec = load_spec(path)
     report = _api.run(spec)
-    assert report.budget_completed == 4
+    assert report.budget_completed == 6
     study = optuna.load_study(study_name="early", storage=spec.study.storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     stopped = study.get_trials(states=(TrialState.PRUNED,))
-    assert len(complete) == 4 and stopped, "the uniform 8-bit reference alone is over 1.5 KB"
+    assert len(complete) == 6 and stopped
+    references = [t for t in complete if "reference" in t.user_attrs]
+    assert references, "references are measured to the end, whatever their size"
+    assert not all(t.user_attrs["feasible"] for t in references), "the uniform 8-bit reference alone is over 1.5 KB"
     for t in stopped:
         assert t.user_attrs["stopped_early"].startswith("size:")
         assert t.user_attrs["size_lower_bound"] > 1.5 * 1024

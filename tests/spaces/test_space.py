@@ -15,7 +15,7 @@ def test_space_of_every_family(name: str) -> None:
     space = JointSpace(family, options, SpaceSpec(), teacher=teacher)
     names = space.parameter_names()
     assert len(names) == len(set(names))
-    assert all(n.split(".")[0] in {"student", "sparsity", "bits"} for n in names)
+    assert all(n.split(".")[0] in {"student", "sparsity", "bits", "precision"} for n in names)
     assert {f"bits.{layer}" for layer in family.quantizable(teacher)} <= set(names)
     assert {f"sparsity.{layer}" for layer in family.prunable(teacher)} <= set(names)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
@@ -50,6 +50,39 @@ def test_uniform_params_build_a_uniform_plan() -> None:
     plan = space.plan(space.uniform_params(sparsity=0.5, bits=4))
     assert set(plan.bits.values()) == {4}
     assert set(plan.sparsity.values()) == {0.5}
+
+
+def test_float_precision_leaves_every_layer_in_float() -> None:
+    family = get_family("cnn")
+    options = family.check_options({})
+    teacher = family.build(options, in_channels=1, num_classes=10)
+    space = JointSpace(family, options, SpaceSpec(bits=(4, 8, 32)), teacher=teacher)
+    assert "precision" in space.parameter_names()
+    params = space.uniform_params(sparsity=0.0, bits=4)
+    assert set(space.plan(params).bits.values()) == {4}
+    assert set(space.plan({**params, "precision": "float"}).bits.values()) == {32}
+    with pytest.raises(SqueezeError, match="precision"):
+        space.plan({**params, "precision": "half"})
+    # A random sampler reaches the all-float region about half the time, not (1/3)**layers of it.
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3))
+    floats = 0
+    for _ in range(40):
+        trial = study.ask()
+        floats += set(space.plan(space.suggest(trial)).bits.values()) == {32}
+        study.tell(trial, [0.5, 1.0, 1.0])
+    assert 10 <= floats <= 30
+
+
+@pytest.mark.parametrize(
+    ("bits", "float_choice", "expected"),
+    [((4, 8, 32), True, True), ((4, 8), True, False), ((32,), True, False), ((4, 8, 32), False, False)],
+)
+def test_precision_is_offered_only_when_both_kinds_are(bits, float_choice, expected) -> None:
+    family = get_family("cnn")
+    options = family.check_options({})
+    teacher = family.build(options, in_channels=1, num_classes=10)
+    space = JointSpace(family, options, SpaceSpec(bits=bits, float_choice=float_choice), teacher=teacher)
+    assert ("precision" in space.parameter_names()) is expected
 
 
 @pytest.mark.parametrize(
