@@ -25,7 +25,7 @@ For each of the default sampler's uniform references, the best front point that 
 
 Writes ``search_quality.md`` (the tables), ``search_quality.png`` (hypervolume over trials, mean
 and range over seeds) and ``search_quality.json`` to ``--out`` (default ``benchmarks/results``).
-Studies go to a SQLite file there; a rerun resumes them.
+Each study goes to its own SQLite file there; a rerun resumes them.
 """
 
 from __future__ import annotations
@@ -104,17 +104,21 @@ batch_size = 64
 [latency]
 batch = 1
 threads = 1
+warmup = 20
 repeats = {repeats}
+min_round_ms = 5.0
 """
 
 SAMPLERS = ("auto", "nsga2", "gp", "random")
 METHODS = (*SAMPLERS, "grid", "sequential")
+SLOW = {"gp": 0, "sequential": 1, "auto": 2, "nsga2": 3, "random": 4, "grid": 5}
+"""Start order: studies that take longest first."""
 
 
 def study_text(args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool, trials: int,
                early_stop: bool = True) -> str:
     return STUDY.format(
-        early_stop="true" if early_stop else "false", min_accuracy=args.min_accuracy, name=name, db=args.out / f"search_quality-s{seed}.db", trials=trials, sampler=sampler, seed=seed,
+        early_stop="true" if early_stop else "false", min_accuracy=args.min_accuracy, name=name, db=args.out / f"search_quality-{name}.db", trials=trials, sampler=sampler, seed=seed,
         references="true" if references else "false", data=args.data.resolve(), limit=args.limit,
         holdout_limit=args.holdout_limit, checkpoint=teacher_path(args), epochs=args.epochs,
         distill=args.distill, finetune=args.finetune, qat=args.qat, repeats=args.repeats,
@@ -227,36 +231,34 @@ def run_sequential(args: argparse.Namespace, seed: int) -> Session:
     return s
 
 
-def run_seed(args: argparse.Namespace, seed: int, methods: list[str]) -> dict[str, dict]:
-    """Every method for one seed; returns what the report needs, by method."""
+def run_study(args: argparse.Namespace, method: str, seed: int) -> dict:
+    """One method for one seed, on one thread in its own SQLite file; returns what the report needs."""
     torch.set_num_threads(1)
     runners = {"grid": run_grid, "sequential": run_sequential}
-    out = {}
-    for method in methods:
-        session = runners[method](args, seed) if method in runners else run_sampler(args, method, seed)
-        pts = session.points()
-        trials = optuna.load_study(study_name=session.spec.study.name,
-                                   storage=session.spec.study.storage).get_trials(deepcopy=False)
-        history = hypervolume_history(pts, teacher=session.teacher)
-        out[method] = {
-            "hypervolume": hypervolume(pts, teacher=session.teacher),
-            "history": [h.hypervolume for h in history],
-            "trials": len(pts),
-            "front": len(pareto_front(pts)),
-            # From the study's own timestamps, so a resumed study reports its whole span.
-            "seconds": round((max(t.datetime_complete for t in trials if t.datetime_complete)
-                              - min(t.datetime_start for t in trials if t.datetime_start)).total_seconds(), 1),
-            "trial_s": statistics.median(t.user_attrs["trial_s"] for t in trials if "trial_s" in t.user_attrs),
-            "sampler_ms": statistics.median(t.user_attrs.get("sampler_ms", 0.0) for t in trials),
-            "teacher": {"accuracy": session.teacher.accuracy, "size_bytes": session.teacher.size_bytes},
-            "points": [dataclasses.asdict(p) for p in pts] if method == "auto" else [],
-            "references": {t.number: t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs},
-            "stopped_early": sum(1 for t in trials if "stopped_early" in t.user_attrs),
-            "saved_s": round(sum(float(t.user_attrs.get("saved_s", 0.0)) for t in trials), 1),
-            "samplers": sorted({str(t.user_attrs["sampler"]) for t in trials if "sampler" in t.user_attrs}),
-        }
-        print(f"{method} seed {seed}: hypervolume {out[method]['hypervolume']:.4f}, {len(pts)} trials, "
-              f"{out[method]['seconds']} s", flush=True)
+    session = runners[method](args, seed) if method in runners else run_sampler(args, method, seed)
+    pts = session.points()
+    trials = optuna.load_study(study_name=session.spec.study.name,
+                               storage=session.spec.study.storage).get_trials(deepcopy=False)
+    history = hypervolume_history(pts, teacher=session.teacher)
+    out = {
+        "hypervolume": hypervolume(pts, teacher=session.teacher),
+        "history": [h.hypervolume for h in history],
+        "trials": len(pts),
+        "front": len(pareto_front(pts)),
+        # From the study's own timestamps, so a resumed study reports its whole span.
+        "seconds": round((max(t.datetime_complete for t in trials if t.datetime_complete)
+                          - min(t.datetime_start for t in trials if t.datetime_start)).total_seconds(), 1),
+        "trial_s": statistics.median(t.user_attrs["trial_s"] for t in trials if "trial_s" in t.user_attrs),
+        "sampler_ms": statistics.median(t.user_attrs.get("sampler_ms", 0.0) for t in trials),
+        "teacher": {"accuracy": session.teacher.accuracy, "size_bytes": session.teacher.size_bytes},
+        "points": [dataclasses.asdict(p) for p in pts] if method == "auto" else [],
+        "references": {t.number: t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs},
+        "stopped_early": sum(1 for t in trials if "stopped_early" in t.user_attrs),
+        "saved_s": round(sum(float(t.user_attrs.get("saved_s", 0.0)) for t in trials), 1),
+        "samplers": sorted({str(t.user_attrs["sampler"]) for t in trials if "sampler" in t.user_attrs}),
+    }
+    print(f"{method} seed {seed}: hypervolume {out['hypervolume']:.4f}, {len(pts)} trials, {out['seconds']} s",
+          flush=True)
     return out
 
 
@@ -268,7 +270,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--limit", type=int, default=6000, help="training images (of the 8,000 not held out)")
-    parser.add_argument("--holdout-limit", type=int, default=1000)
+    parser.add_argument("--holdout-limit", type=int, default=2000, help="held-out images (all 2,000 by default)")
     parser.add_argument("--widths", type=lambda v: [int(w) for w in v.split(",")], default=[16, 32, 64],
                         help="the teacher's stage widths (family cnn, depths 1-2-1)")
     parser.add_argument("--epochs", type=int, default=8)
@@ -277,9 +279,10 @@ def main() -> int:
     parser.add_argument("--qat", type=int, default=20)
     parser.add_argument("--min-accuracy", type=float, default=0.85,
                         help="the studies' accuracy budget: a model below it is not a candidate")
-    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=60,
+                        help="latency rounds a trial (5 ms each at least); 12 gave single readings of 0.28x for a 0.9x model")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="seeds run at once, one process (and thread) each; more than the cores left idle makes latency noisy")
+                        help="studies run at once, one process (and thread) each; more than the cores left idle makes latency noisy")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -289,11 +292,14 @@ def main() -> int:
     started = time.perf_counter()
     train_shared_teacher(args)
     results: dict[str, dict[int, dict]] = {}
-    # One process per seed (each on one thread, with its own SQLite file), --jobs at a time.
+    # One process per study (each on one thread, in its own SQLite file), --jobs at a time; the
+    # slowest methods first, so that the last minutes are not one long study alone.
+    order = sorted(((m, s) for s in seeds for m in methods), key=lambda ms: (SLOW.get(ms[0], 9), ms[1]))
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for seed, by_method in zip(seeds, pool.map(run_seed, [args] * len(seeds), seeds, [methods] * len(seeds))):
-            for method, result in by_method.items():
-                results.setdefault(method, {})[seed] = result
+        done = pool.map(run_study, [args] * len(order), [m for m, _ in order], [s for _, s in order])
+        for (method, seed), result in zip(order, done):
+            results.setdefault(method, {})[seed] = result
+    results = {m: dict(sorted(results[m].items())) for m in methods if m in results}
     (args.out / "search_quality.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     report = render(results, args, elapsed=time.perf_counter() - started)
     (args.out / "search_quality.md").write_text(report, encoding="utf-8")
@@ -308,7 +314,7 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
         f"{args.holdout_limit} held out); teacher cnn {'-'.join(map(str, args.widths))} (depths 1-2-1) trained once (held-out accuracy "
         f"{next(iter(next(iter(results.values())).values()))['teacher']['accuracy']:.4f}); budget min_accuracy = "
         f"{args.min_accuracy}; {sum(r['seconds'] for m in results.values() for r in m.values()) / 60:.0f} min of "
-        f"study time in all, {args.jobs} seeds at a time on this machine.",
+        f"study time in all, {args.jobs} studies at a time on this machine.",
         "",
         "| method | hypervolume, mean | min | max | feasible front, mean | stopped early, mean | minutes a study, mean | sampler(s) used |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
