@@ -4,8 +4,8 @@ A CNN big enough that kernels dominate (family ``cnn``, widths 64-128-256, depth
 MNIST inputs) is trained briefly; then two plans go through the whole trial pipeline
 (:func:`evaluate_plan`: distil, NNI masks, channel removal, fine-tune, BN folding, NNI QAT,
 calibration, artifact encode and decode) and their decoded artifacts are timed against the decoded
-teacher artifact with the study's latency protocol (:func:`measure`: interleaved rounds, median
-ratio, interquartile range), at batch 1 and batch 32:
+teacher artifact with the study's latency protocol (:func:`measure`: interleaved rounds, ratio of
+lower-decile round times, interquartile range of the per-round ratios), at batch 1 and batch 32:
 
 - ``int8``: every layer at 8 bits, nothing pruned; target at least 1.8x faster than the teacher;
 - ``half-float``: every convolution keeps 50% of its channels, all left in float; target 1.6x.

@@ -1,4 +1,4 @@
-"""The latency protocol: a median ratio with its spread, and every setting recorded."""
+"""The latency protocol: a ratio of lower deciles with its spread, robust to a busy machine, and every setting recorded."""
 
 from __future__ import annotations
 
@@ -42,6 +42,21 @@ def test_ratio_of_a_twice_as_slow_model_and_the_recorded_settings() -> None:
     assert set(attrs) >= {"ratio", "ratio_iqr", "candidate_ms", "teacher_ms"}
     assert torch.get_num_threads() == before  # the caller's thread count is restored
     assert slow.calls == fast.calls  # interleaved: both ran the same rounds
+
+
+def test_a_busy_machine_in_most_rounds_does_not_move_the_ratio() -> None:
+    # Two equally fast models; in 7 of every 10 rounds something else slows the candidate threefold.
+    # The ratio of the fastest rounds still reads about 1; a median of per-round ratios would read 3.
+    class Busy(Sleeper):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            time.sleep(self.seconds * (3 if self.calls % 10 < 7 else 1))
+            return x
+
+    lat = measure(Busy(0.002), Sleeper(0.002), torch.zeros(1, 2),
+                  spec=LatencySpec(warmup=0, repeats=40, min_round_ms=0.001))
+    assert 0.8 < lat.ratio < 1.25, lat
+    assert lat.ratio_iqr > 1  # the spread still says how noisy the rounds were
 
 
 def test_batch_is_what_the_models_see() -> None:
