@@ -7,7 +7,9 @@ adds time, so the fastest rounds are the ones closest to the model's own cost. T
 alternate round by round, so both see the same stretch of the machine. Measured on this project's
 CPU machine with a second study training beside it, the same int8 artifact read 0.60x to 0.74x
 over six measurements as a median of per-round ratios, and 0.70x to 0.72x as a ratio of lower
-deciles (``benchmarks/search_quality.py``'s setting: 60 rounds of 5 ms).
+deciles (``benchmarks/search_quality.py``'s setting: 60 rounds of 5 ms). Load that lasts the whole
+measurement still moves the ratio: in the same benchmark, one int8 network read 0.95x against its
+usual 0.75x in a measurement where both models ran about twice as slow as usual.
 """
 
 from __future__ import annotations
