@@ -88,10 +88,15 @@ def test_studies_on_a_database_without_studies_writes_nothing(tmp_path: Path, ca
 
 
 def _complete(url: str, name: str) -> dict[int, tuple[float, ...]]:
+    # Read only once the worker has finished creating Optuna's schema (its version row is the last
+    # thing written); opening Optuna's storage earlier would race the worker on that same row.
     engine = sa.create_engine(url)
     try:
-        if "trials" not in sa.inspect(engine).get_table_names():
+        if "alembic_version" not in sa.inspect(engine).get_table_names():
             return {}
+        with engine.connect() as conn:
+            if conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 0:
+                return {}
     finally:
         engine.dispose()
     try:
