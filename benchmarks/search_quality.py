@@ -104,7 +104,7 @@ qat_steps = {qat}
 batch_size = 64
 
 [latency]
-batch = 1
+batch = {latency_batch}
 threads = 1
 warmup = 20
 repeats = {repeats}
@@ -124,6 +124,7 @@ def study_text(args: argparse.Namespace, *, name: str, sampler: str, seed: int, 
         references="true" if references else "false", data=args.data.resolve(), limit=args.limit,
         holdout_limit=args.holdout_limit, checkpoint=teacher_path(args, seed), epochs=args.epochs,
         distill=args.distill, finetune=args.finetune, qat=args.qat, repeats=args.repeats,
+        latency_batch=args.latency_batch,
         widths=", ".join(str(w) for w in args.widths),
     )
 
@@ -283,6 +284,9 @@ def main() -> int:
                         help="the studies' accuracy budget: a model below it is not a candidate")
     parser.add_argument("--repeats", type=int, default=60,
                         help="latency rounds a trial (5 ms each at least); on a loaded machine 12 gave a reading of 0.28x for a 0.9x model")
+    parser.add_argument("--latency-batch", type=int, default=32,
+                        help="images a timed call; at batch 1 every int8 plan of this small network runs at the same "
+                             "speed (dispatch outweighs the kernels), so latency would not tell plans apart")
     parser.add_argument("--jobs", type=int, default=1,
                         help="studies run at once, one process (and thread) each; more than the cores left idle makes latency noisy")
     args = parser.parse_args()
@@ -318,7 +322,7 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
         f"{args.trials} trials a study, seeds {args.seeds}; MNIST ({args.limit} training images, "
         f"{args.holdout_limit} held out); teacher cnn {'-'.join(map(str, args.widths))} (depths 1-2-1) trained once a seed "
         f"on that seed's split (held-out accuracy {', '.join(f'{a:.4f}' for a in teachers)}); budget min_accuracy = "
-        f"{args.min_accuracy}; {sum(r['seconds'] for m in results.values() for r in m.values()) / 60:.0f} min of "
+        f"{args.min_accuracy}; latency at batch {args.latency_batch}; {sum(r['seconds'] for m in results.values() for r in m.values()) / 60:.0f} min of "
         f"study time in all, {args.jobs} studies at a time on this machine.",
         "",
         "| method | hypervolume, mean | min | max | feasible front, mean | stopped early, mean | minutes a study, mean | sampler(s) used |",
