@@ -257,6 +257,7 @@ def run_study(args: argparse.Namespace, method: str, seed: int) -> dict:
         "points": [dataclasses.asdict(p) for p in pts] if method == "auto" else [],
         "references": {t.number: t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs},
         "stopped_early": sum(1 for t in trials if "stopped_early" in t.user_attrs),
+        "latency_reused": sum(1 for t in trials if t.user_attrs.get("latency_reused")),
         "saved_s": round(sum(float(t.user_attrs.get("saved_s", 0.0)) for t in trials), 1),
         "samplers": sorted({str(t.user_attrs["sampler"]) for t in trials if "sampler" in t.user_attrs}),
     }
@@ -325,8 +326,8 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
         f"{args.min_accuracy}; latency at batch {args.latency_batch}; {sum(r['seconds'] for m in results.values() for r in m.values()) / 60:.0f} min of "
         f"study time in all, {args.jobs} studies at a time on this machine.",
         "",
-        "| method | hypervolume, mean | min | max | feasible front, mean | stopped early, mean | minutes a study, mean | sampler(s) used |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| method | hypervolume, mean | min | max | feasible front, mean | stopped early, mean | latency reused, mean | minutes a study, mean | sampler(s) used |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for method, by_seed in results.items():
         hv = [r["hypervolume"] for r in by_seed.values()]
@@ -334,6 +335,7 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
         lines.append(f"| {method} | {statistics.mean(hv):.4f} | {min(hv):.4f} | {max(hv):.4f} | "
                      f"{statistics.mean(r['front'] for r in by_seed.values()):.1f} | "
                      f"{statistics.mean(r['stopped_early'] for r in by_seed.values()):.1f} | "
+                     f"{statistics.mean(r.get('latency_reused', 0) for r in by_seed.values()):.1f} | "
                      f"{statistics.mean(r['seconds'] for r in by_seed.values()) / 60:.1f} | {', '.join(used) or '-'} |")
     if "auto" in results:
         lines += ["", "Uniform references of the default sampler's studies, and the best front point that dominates each",

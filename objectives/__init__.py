@@ -3,7 +3,7 @@
 from . import _folders  # noqa: F401  (registers the folder tasks: cifar10, cifar100, imagefolder)
 from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
-from ._evaluate import Judged, evaluate_plan, size_lower_bound, teacher_artifact
+from ._evaluate import Judged, evaluate_plan, latency_key, size_lower_bound, teacher_artifact
 from ._latency import Latency, LatencySpec, cpu_model, measure
 from ._tasks import TaskData, list_tasks, load_task, register_task, task_loader
 from ._train import DivergedError, TrainingBudget, accuracy, train_teacher, training_device
@@ -25,6 +25,7 @@ __all__ = [
     "decode",
     "encode",
     "evaluate_plan",
+    "latency_key",
     "size_lower_bound",
     "list_tasks",
     "load_artifact",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,8 @@ from squeeze.spaces import CompressionPlan, ModelFamily
 
 from ._artifact import Arch, decode, encode, size_floor
 from ._compress import CompressSpec, channel_keep, weight_scales
-from ._latency import Latency, LatencySpec, measure
+from . import _materialize
+from ._latency import Latency, LatencySpec, cpu_model, measure
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
 from ._tasks import TaskData
 from ._train import TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device
@@ -43,6 +45,10 @@ class Judged:
     device: str = "cpu"
     """Where distillation and fine-tuning ran (pruner masks, quantization-aware steps and every
     measurement run on the CPU: latency is measured on the CPU, the target the int8 artifact is built for)."""
+    latency_key: str = ""
+    """The network that runs and how it was timed (:func:`latency_key`)."""
+    latency_reused: bool = False
+    """True when ``latency`` is an earlier measurement of the same network, not one taken here."""
 
     def attrs(self) -> dict[str, Any]:
         """Trial attributes: absolute figures, timings, devices and the artifact digest."""
@@ -53,9 +59,31 @@ class Judged:
             "accuracy": self.accuracy,
             "size_bytes": self.size_bytes,
             "latency": self.latency.attrs(),
+            "latency_key": self.latency_key,
+            "latency_reused": self.latency_reused,
             "artifact_sha256": self.sha256,
             "timings_s": dict(self.timings),
         }
+
+
+def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec) -> str:
+    """A digest of everything a latency measurement depends on: the network that runs and how it is timed.
+
+    Two plans with the same architecture, the same kept channels and the same layers in int8 run
+    the same kernels on the same shapes: weights below 8 bits are unpacked to int8 and 16-bit
+    layers run in float, and no kernel here is faster for some weight values than for others. So
+    bit-widths and weights do not enter; the student, the channels, which layers are int8, the
+    protocol, the CPU model, torch and the quantized engine do.
+    """
+    payload = {
+        "arch": arch.to_dict(),
+        "int8": sorted(name for name, bits in plan.bits.items() if bits <= 8),
+        "protocol": {k: getattr(spec, k) for k in ("batch", "threads", "warmup", "repeats", "min_round_ms")},
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "engine": _materialize.ENGINE,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def teacher_artifact(
@@ -122,6 +150,7 @@ def evaluate_plan(
     card: Mapping[str, Any] | None = None,
     check: Callable[[str, nn.Module], None] | None = None,
     device: str = "cpu",
+    known_latency: Callable[[str], Latency | None] | None = None,
 ) -> Judged:
     """Build, train, compress and materialize the candidate ``plan``; measure its three objectives.
 
@@ -129,7 +158,10 @@ def evaluate_plan(
     teacher's own artifact, decoded, which is what latency is compared against. ``check`` is
     called after each stage with the stage's name and model (early stopping hooks in there).
     ``device`` (``cpu`` or ``cuda``) is where distillation and fine-tuning run when it is present;
-    the rest runs on the CPU, and latency is measured there.
+    the rest runs on the CPU, and latency is measured there. ``known_latency``, given the
+    network's :func:`latency_key`, returns an earlier measurement of the same network (or None):
+    then that measurement is the candidate's latency and the network is not timed again, so
+    networks that run the same kernels get the same figure rather than two draws of the noise.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -194,7 +226,9 @@ def evaluate_plan(
 
     acc = accuracy(deployed, data.x_holdout, data.y_holdout)
     lap("accuracy")
-    lat = measure(deployed, teacher_deployed, example, spec=latency)
+    key = latency_key(arch, plan, spec=latency)
+    known = known_latency(key) if known_latency else None
+    lat = known or measure(deployed, teacher_deployed, example, spec=latency)
     lap("latency")
 
     blob = encode(
@@ -220,4 +254,6 @@ def evaluate_plan(
         plan=plan,
         timings=timings,
         device=train_on.type,
+        latency_key=key,
+        latency_reused=known is not None,
     )

@@ -38,6 +38,7 @@ from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, 
 
 from . import _storage as st
 from ._early import EarlyStop, StoppedEarly
+from ._latencies import LatencyBook
 from ._pareto import Point, Teacher, hypervolume, pareto_front
 from ._samplers import make_sampler
 from ._spec import StudyOptions, StudySpec
@@ -257,9 +258,19 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
     space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
 
     early = EarlyStop(spec, data=data, family=family)
+    book = LatencyBook()
 
     def objective(trial: optuna.Trial) -> tuple[tuple[float, float, float], dict[str, Any]]:
         started = time.perf_counter()
+        source: list[int] = []
+
+        def known_latency(key: str):
+            found = book.lookup(trial.study, key)
+            if found is None:
+                return None
+            source.append(found[0])
+            return found[1]
+
         params = space.suggest(trial)
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
         # A reference is the yardstick a front is compared with, so it is always measured to the end.
@@ -272,6 +283,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
                 options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
                 latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
                 check=(lambda stage, model: early.after_stage(stage, model, started=started)) if stoppable else None,
+                known_latency=known_latency,
             )
         except StoppedEarly as stop:
             for key, violation in stop.constraints.items():
@@ -279,6 +291,8 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
             raise
         early.finished(time.perf_counter() - started)
         attrs = judged.attrs() | {"worker": socket.gethostname(), "_artifact": judged.artifact}
+        if judged.latency_reused:
+            attrs["latency_from_trial"] = source[0]
         values = (judged.accuracy, float(judged.size_bytes), judged.latency.ratio)
         constraints = budget_violations(spec, values)
         for key, violation in constraints.items():

@@ -30,6 +30,18 @@ def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
     assert 0.5 < attrs["teacher_accuracy"] <= 1.0 and attrs["teacher_bytes"] > 0 and attrs["teacher_latency_ms"] > 0
     # Reference (uniform) trials were enqueued and run first.
     assert sum("reference" in t.user_attrs for t in complete) >= 2
+    # A network is timed once a study: each 4-bit reference runs its 8-bit twin's int8 network and
+    # takes that measurement, so the two cannot read as faster or slower than each other.
+    refs = {t.user_attrs["reference"]: t for t in complete if "reference" in t.user_attrs}
+    twins = [(refs[f"uniform 8-bit, sparsity {s}"], refs[f"uniform 4-bit, sparsity {s}"]) for s in ("0", "0.5")
+             if f"uniform 8-bit, sparsity {s}" in refs and f"uniform 4-bit, sparsity {s}" in refs]
+    assert twins
+    for eight, four in twins:
+        assert not eight.user_attrs["latency_reused"] and "latency_from_trial" not in eight.user_attrs
+        assert four.user_attrs["latency_reused"] and four.user_attrs["latency_from_trial"] == eight.number
+        assert four.user_attrs["latency_key"] == eight.user_attrs["latency_key"]
+        assert four.values[2] == eight.values[2] and four.values[1] < eight.values[1]
+    assert len({t.user_attrs["latency_key"] for t, _ in twins}) == len(twins)
 
     engine = _storage.engine_for(spec.study.storage)
     for t in complete:

@@ -1,0 +1,34 @@
+"""A study's latency measurements, one per network that runs.
+
+Two trials whose plans materialize the same network (the same student and kept channels, the same
+layers in int8; see :func:`squeeze.objectives.latency_key`) run the same kernels on the same shapes,
+so they have one latency. Timing each of them would give two draws of the machine's noise, and a
+front would then call one faster than the other when neither is; a uniform 4-bit plan and its 8-bit
+twin, for example, read 0.431x and 0.426x. So a network is timed once per study, in the first trial
+that builds it, and later trials take that measurement (recorded as ``latency_reused`` and
+``latency_from_trial``). Workers find each other's measurements through the study's storage.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from squeeze.objectives import Latency
+
+
+class LatencyBook:
+    """Latency measurements of a study's completed trials, by network key."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, Latency]] = {}
+
+    def lookup(self, study: optuna.Study, key: str) -> tuple[int, Latency] | None:
+        """The earliest completed trial that timed the network ``key`` and its measurement, or None."""
+        if key not in self._known:
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                attrs = trial.user_attrs
+                if attrs.get("latency_key") == key and isinstance(attrs.get("latency"), dict):
+                    self._known[key] = (trial.number, Latency(**attrs["latency"]))
+                    break
+        return self._known.get(key)
