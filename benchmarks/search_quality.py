@@ -23,6 +23,11 @@ library's own (normalised by the teacher, reference point (1, 1.5, 2)).
 For each of the default sampler's uniform references, the best front point that dominates it
 (at least as good in all three objectives, better in one) is reported.
 
+Latency is timed at batch 32 (``--latency-batch``): at batch 1 this 16-32-64 network's int8 plans
+all run in about the same time whatever they prune (per-operator dispatch outweighs its kernels),
+so latency would not tell plans apart; at batch 32 pruning shows in the time. As in every study, a
+network is timed once and plans that materialize the same network share that measurement.
+
     python benchmarks/search_quality.py --data ../shared/data/mnist [--trials 60] [--jobs 1] [--seeds 0,1,2]
 
 Writes ``search_quality.md`` (the tables), ``search_quality.png`` (hypervolume over trials, mean
