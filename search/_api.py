@@ -181,6 +181,9 @@ class Status:
     stopped_early: int = 0
     saved_s: float = 0.0
     """Trials stopped before the end (a budget they could not meet) and the time that saved, estimated."""
+    latency_timed: int = 0
+    latency_reused: int = 0
+    """Completed trials that timed their network, and those that took an earlier trial's measurement of it."""
 
 
 def _open(target: Target) -> tuple[optuna.Study, Any]:
@@ -214,12 +217,15 @@ def status(target: Target) -> Status:
     recent = [t for t in trials if t.state.is_finished() and "sampler_ms" in t.user_attrs][-10:]
     timed = [t.user_attrs["trial_s"] for t in recent if "trial_s" in t.user_attrs]
     stopped = [t for t in trials if t.state == TrialState.PRUNED and "stopped_early" in t.user_attrs]
+    measured = [t for t in trials if t.state == TrialState.COMPLETE and "latency_reused" in t.user_attrs]
+    reused = sum(1 for t in measured if t.user_attrs["latency_reused"])
     return Status(
         target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors,
         sampler=recent[-1].user_attrs.get("sampler") if recent else None,
         sampler_ms=statistics.median(t.user_attrs["sampler_ms"] for t in recent) if recent else None,
         trial_s=statistics.median(timed) if timed else None,
         stopped_early=len(stopped), saved_s=sum(float(t.user_attrs.get("saved_s", 0.0)) for t in stopped),
+        latency_timed=len(measured) - reused, latency_reused=reused,
     )
 
 

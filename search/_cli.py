@@ -153,6 +153,8 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     if s.sampler_ms is not None:
         share = f" ({s.sampler_ms / 10 / s.trial_s:.1f}% of a {s.trial_s:.2f} s trial)" if s.trial_s else ""
         table.add_row("sampler", f"{s.sampler}, {s.sampler_ms:.2f} ms a trial{share}")
+    if s.latency_timed or s.latency_reused:
+        table.add_row("latency", f"{s.latency_timed} trials timed, {s.latency_reused} took their network's earlier measurement")
     if s.stopped_early:
         table.add_row("stopped early", f"{s.stopped_early} trials, about {s.saved_s:.0f} s saved")
     if s.teacher:

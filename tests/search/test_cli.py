@@ -139,6 +139,7 @@ def test_tiny_study_end_to_end_with_ctrl_c(tiny_study, tmp_path: Path, capfd) ->
     # 3. Status, front, plots and export of the front, by study file and by name.
     code, out, _ = _cli(capfd, "status", str(path))
     assert code == 0 and "trials complete" in out and "budget (completed)" in out
+    assert re.search(r"latency .*\d+ trials timed, \d+ took their network's earlier measurement", out), out
     assert [line for line in out.splitlines() if "trials complete" in line][0].split()[-2] == str(budget)
     sampler = [line for line in out.splitlines() if "sampler" in line]
     assert sampler and re.search(r"(random|tpe|nsga2), \d+\.\d+ ms a trial \(\d+\.\d% of a", sampler[0]), out

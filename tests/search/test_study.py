@@ -42,6 +42,9 @@ def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
         assert four.user_attrs["latency_key"] == eight.user_attrs["latency_key"]
         assert four.values[2] == eight.values[2] and four.values[1] < eight.values[1]
     assert len({t.user_attrs["latency_key"] for t, _ in twins}) == len(twins)
+    shown = _api.status(_api.resolve(str(path)))
+    reused = sum(1 for t in complete if t.user_attrs["latency_reused"])
+    assert reused >= len(twins) and (shown.latency_timed, shown.latency_reused) == (len(complete) - reused, reused)
 
     engine = _storage.engine_for(spec.study.storage)
     for t in complete:
