@@ -23,12 +23,17 @@ class LatencyBook:
     def __init__(self) -> None:
         self._known: dict[str, tuple[int, Latency]] = {}
 
-    def lookup(self, study: optuna.Study, key: str) -> tuple[int, Latency] | None:
-        """The earliest completed trial that timed the network ``key`` and its measurement, or None."""
+    def measured(self, study: optuna.Study, key: str) -> Latency | None:
+        """The measurement of the network ``key`` by the earliest completed trial that has one, or None."""
         if key not in self._known:
             for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 attrs = trial.user_attrs
                 if attrs.get("latency_key") == key and isinstance(attrs.get("latency"), dict):
                     self._known[key] = (trial.number, Latency(**attrs["latency"]))
                     break
-        return self._known.get(key)
+        found = self._known.get(key)
+        return found[1] if found else None
+
+    def measured_in(self, key: str) -> int:
+        """The trial whose measurement :meth:`measured` returned for ``key``."""
+        return self._known[key][0]

@@ -262,14 +262,6 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
 
     def objective(trial: optuna.Trial) -> tuple[tuple[float, float, float], dict[str, Any]]:
         started = time.perf_counter()
-        source: list[int] = []
-
-        def known_latency(key: str):
-            found = book.lookup(trial.study, key)
-            if found is None:
-                return None
-            source.append(found[0])
-            return found[1]
 
         params = space.suggest(trial)
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
@@ -283,7 +275,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
                 options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
                 latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
                 check=(lambda stage, model: early.after_stage(stage, model, started=started)) if stoppable else None,
-                known_latency=known_latency,
+                known_latency=lambda key: book.measured(trial.study, key),
             )
         except StoppedEarly as stop:
             for key, violation in stop.constraints.items():
@@ -292,7 +284,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
         early.finished(time.perf_counter() - started)
         attrs = judged.attrs() | {"worker": socket.gethostname(), "_artifact": judged.artifact}
         if judged.latency_reused:
-            attrs["latency_from_trial"] = source[0]
+            attrs["latency_from_trial"] = book.measured_in(judged.latency_key)
         values = (judged.accuracy, float(judged.size_bytes), judged.latency.ratio)
         constraints = budget_violations(spec, values)
         for key, violation in constraints.items():
