@@ -7,13 +7,18 @@ data, the same training budget per trial and the same number of trials:
 
 - ``auto`` (the default; multi-objective TPE at this budget, see ``search/_samplers.py``),
   ``nsga2``, ``gp`` and ``random``: the joint space, with the study's four uniform references
-  (bits 8/4 x sparsity 0/0.5, full width) enqueued first, as every study does;
+  (bits 8/4 x sparsity 0/0.5, full width) enqueued first, as every study does; ``auto`` then
+  opens with its uniform anchors (4 bits, every student width and sparsity the start-up phase
+  holds) where the others draw their first trials as they do;
 - ``grid``: uniform policies alone (every layer the same bits and sparsity, every stage the same
   width), every combination of the space's choices that fits in the trial budget;
 - ``sequential``: half the trials searching pruning and the student with every layer in float
   (bits fixed to 32 with Optuna's ``PartialFixedSampler``), then half searching bit-widths alone
   on the best pruned student found (the smallest within 2 points of the teacher's accuracy, else
   the most accurate), as one compresses by hand: prune first, then quantize.
+
+Every trial of a study trains with the study's one seed (common random numbers, as in every
+study), so a difference between two plans of a study is theirs and not training noise's.
 
 Every study declares the budget ``min_accuracy`` (0.85 by default): a model that far below the
 teacher is not a candidate, and without it the hypervolume is dominated by chance-level students
@@ -78,6 +83,7 @@ sampler = "{sampler}"
 seed = {seed}
 snapshot_every = 10
 references = {references}
+anchors = {anchors}
 early_stop = {early_stop}
 
 [task]
@@ -123,9 +129,9 @@ SLOW = {"gp": 0, "sequential": 1, "auto": 2, "nsga2": 3, "random": 4, "grid": 5}
 
 
 def study_text(args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool, trials: int,
-               early_stop: bool = True) -> str:
+               early_stop: bool = True, anchors: bool = True) -> str:
     return STUDY.format(
-        early_stop="true" if early_stop else "false", min_accuracy=args.min_accuracy, name=name, db=args.out / f"search_quality-{name}.db", trials=trials, sampler=sampler, seed=seed,
+        early_stop="true" if early_stop else "false", anchors="true" if anchors else "false", min_accuracy=args.min_accuracy, name=name, db=args.out / f"search_quality-{name}.db", trials=trials, sampler=sampler, seed=seed,
         references="true" if references else "false", data=args.data.resolve(), limit=args.limit,
         holdout_limit=args.holdout_limit, checkpoint=teacher_path(args, seed), epochs=args.epochs,
         distill=args.distill, finetune=args.finetune, qat=args.qat, repeats=args.repeats,
@@ -164,9 +170,9 @@ class Session:
     """One study of the benchmark, driven through the library's own worker loop."""
 
     def __init__(self, args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool,
-                 trials: int, early_stop: bool = True) -> None:
+                 trials: int, early_stop: bool = True, anchors: bool = True) -> None:
         self.path = write_study(args, name=name, sampler=sampler, seed=seed, references=references, trials=trials,
-                                early_stop=early_stop)
+                                early_stop=early_stop, anchors=anchors)
         self.spec = load_spec(self.path)
         self.data = prepare(self.spec)
         self.ctx = connect(self.spec, create=True)
@@ -221,7 +227,9 @@ def run_grid(args: argparse.Namespace, seed: int) -> Session:
 
 
 def run_sequential(args: argparse.Namespace, seed: int) -> Session:
-    s = Session(args, name=f"sequential-s{seed}", sampler="auto", seed=seed, references=False, trials=args.trials)
+    # Its halves fix parts of the space, so it opens with TPE's own random draws, not the anchors.
+    s = Session(args, name=f"sequential-s{seed}", sampler="auto", seed=seed, references=False, trials=args.trials,
+                anchors=False)
     first = args.trials // 2
     base = lambda: make_sampler("auto", seed=worker_seed(seed, 0), trials=args.trials)  # noqa: E731
     floats = {f"bits.{layer}": 32 for layer in s.space.quantizable}
@@ -261,8 +269,10 @@ def run_study(args: argparse.Namespace, method: str, seed: int) -> dict:
         "teacher": {"accuracy": session.teacher.accuracy, "size_bytes": session.teacher.size_bytes},
         "points": [dataclasses.asdict(p) for p in pts] if method == "auto" else [],
         "references": {t.number: t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs},
-        # Trials whose plan is a reference's own (a sampler may draw a uniform policy again; it is then
-        # trained with another seed): beating the reference with it is not a per-layer policy's win.
+        # The auto sampler's uniform anchors: starting points, not per-layer policies.
+        "anchors": {t.number: t.user_attrs["anchor"] for t in trials if "anchor" in t.user_attrs},
+        # Trials whose plan is a reference's own (a sampler may draw a uniform policy again):
+        # beating the reference with it is not a per-layer policy's win.
         "same_policy": _same_policy(trials),
         "stopped_early": sum(1 for t in trials if "stopped_early" in t.user_attrs),
         "latency_reused": sum(1 for t in trials if t.user_attrs.get("latency_reused")),
@@ -363,11 +373,13 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
             teacher_bytes = r["teacher"]["size_bytes"]
             labels = {int(k): v for k, v in r["references"].items()}
             again = {int(k): v for k, v in r.get("same_policy", {}).items()}
+            anchors = {int(k): v for k, v in r.get("anchors", {}).items()}
             for ref in (p for p in pts if p.number in labels):
                 better = [p for p in front if dominates(p, ref)]
-                # A searched (per-layer) point is the claim; a uniform policy, a reference or the
-                # same plan drawn again and trained with another seed, is said as such.
-                searched = [p for p in better if p.number not in labels and p.number not in again]
+                # A searched (per-layer) point is the claim; a uniform policy (a reference, an anchor,
+                # or a reference's plan drawn again) is said as such.
+                searched = [p for p in better if p.number not in labels and p.number not in again
+                            and p.number not in anchors]
                 best = min(searched or better, key=lambda p: p.size_bytes) if better else None
                 tally["references"] += 1
                 tally["dominated"] += best is not None
@@ -375,7 +387,8 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
                 by = "none"
                 if best is not None:
                     what = ("" if searched else " (a uniform reference)" if best.number in labels
-                            else f" ({again[best.number]} drawn again, trained with another seed)")
+                            else f" (an anchor, {anchors[best.number]})" if best.number in anchors
+                            else f" ({again[best.number]} drawn again)")
                     by = f"trial {best.number}{what}: {_fmt(best, teacher_bytes)}"
                 lines.append(f"| {seed} | {labels[ref.number]} | {_fmt(ref, teacher_bytes)} | {by} |")
         lines += ["", f"References dominated: {tally['dominated']} of {tally['references']}; by a searched "

@@ -4,7 +4,11 @@ Measured here with 25 categorical parameters and 3 objectives, multi-objective T
 19 ms a trial at 100 trials and 178 ms at 500; GP 0.4 s at 20 and 3 s at 100; NSGA-II about 1 ms.
 ``auto`` starts with TPE (the best of them on small budgets) and times itself: once its median
 time over the last ``window`` trials passes ``share`` (5%) of the median trial's wall time, it
-hands over to NSGA-II for the rest of the study. Every trial records the sampler's own time as
+hands over to NSGA-II for the rest of the study. Its start-up phase (``startup_trials``) is not
+random draws in the whole space: the study enqueues, after the uniform references, uniform anchors
+spread over the student widths and sparsities (see ``_study.anchor_params``), so that the model
+starts from the axis along which uniform policies trade accuracy for size and speed, and searches
+per-layer departures from it. Every trial records the sampler's own time as
 the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler``.
 """
 
@@ -25,10 +29,12 @@ from squeeze.spaces import SqueezeError
 
 
 def _tpe(seed: int, trials: int) -> BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(trials), multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(trials), multivariate=True,
+                                      constant_liar=True)
 
 
-def _startup(trials: int) -> int:
+def startup_trials(trials: int) -> int:
+    """How many trials a model-based sampler takes before it models (a quarter of the budget, 5 to 20)."""
     return max(5, min(20, trials // 4))
 
 
@@ -41,7 +47,7 @@ _SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {
     "nsga2": lambda seed, trials: optuna.samplers.NSGAIISampler(seed=seed, population_size=_population(trials)),
     "nsga3": lambda seed, trials: optuna.samplers.NSGAIIISampler(seed=seed, population_size=_population(trials)),
     "gp": lambda seed, trials: optuna.samplers.GPSampler(
-        seed=seed, n_startup_trials=_startup(trials), warn_independent_sampling=False),
+        seed=seed, n_startup_trials=startup_trials(trials), warn_independent_sampling=False),
     "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
 }
 

@@ -34,13 +34,13 @@ from squeeze.objectives import (
     train_teacher,
     training_device,
 )
-from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
+from squeeze.spaces import JointSpace, SparsityRange, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
 from ._early import EarlyStop, StoppedEarly
 from ._latencies import LatencyBook
 from ._pareto import Point, Teacher, hypervolume, pareto_front
-from ._samplers import make_sampler
+from ._samplers import make_sampler, startup_trials
 from ._spec import StudyOptions, StudySpec
 from ._workers import Objective, WorkerReport, retry_callback, work, worker_seed
 
@@ -55,6 +55,8 @@ GRACE_S = StudyOptions.grace_s
 """Defaults; a study's own are ``spec.study.heartbeat_s`` and ``spec.study.grace_s``."""
 REFERENCE_GRID = ((8, 0.0), (4, 0.0), (8, 0.5), (4, 0.5))
 """Uniform policies a person would try first: (bits, sparsity) for every layer, full width."""
+ANCHOR_BITS = 4
+"""Bit-width of the anchors: the lowest at which weights usually keep a CNN's accuracy."""
 
 
 def _optuna_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
@@ -273,7 +275,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
             judged = evaluate_plan(
                 plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
                 options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
-                latency=spec.latency, seed=spec.study.seed * 10_007 + trial.number, device=spec.task.device,
+                latency=spec.latency, seed=training_seed(spec), device=spec.task.device,
                 check=(lambda stage, model: early.after_stage(stage, model, started=started)) if stoppable else None,
                 known_latency=lambda key: book.measured(trial.study, key),
             )
@@ -295,20 +297,85 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
     return objective
 
 
+def training_seed(spec: StudySpec) -> int:
+    """The seed every trial of a study trains with.
+
+    One seed for all trials (common random numbers): two plans are trained from the same
+    initialisation on the same batches, so the difference between their scores is the difference
+    between the plans, not between two draws of training noise (which, for one plan, spans more
+    than a point of accuracy on MNIST); and a plan drawn again scores what it scored before.
+    """
+    return spec.study.seed * 10_007
+
+
+def reference_params(spec: StudySpec, space: JointSpace) -> list[tuple[str, dict[str, Any]]]:
+    """The uniform references that ``spec`` allows, as (label, parameters)."""
+    out = []
+    for bits, sparsity in REFERENCE_GRID:
+        if bits not in spec.space.bits and spec.space.quantize:
+            continue
+        out.append((f"uniform {bits}-bit, sparsity {sparsity:g}", space.uniform_params(sparsity=sparsity, bits=bits)))
+    return out
+
+
+def anchor_params(spec: StudySpec, space: JointSpace, *, slots: int,
+                  taken: list[dict[str, Any]] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """Up to ``slots`` uniform policies spread over the space's student widths and sparsities.
+
+    Every layer gets the same sparsity and :data:`ANCHOR_BITS` bits (or the nearest allowed
+    bit-width above, else the widest), every stage the same width, the full depth. Policies equal
+    to one in ``taken`` (the references) are left out; when there are more than ``slots``, an
+    evenly spaced selection is kept, so that the ends of both axes are among them.
+    """
+    allowed = sorted(spec.space.bits)
+    bits = next((b for b in allowed if b >= ANCHOR_BITS), allowed[-1])
+    widths = sorted({float(w) for w in spec.space.width}, reverse=True) if space.knobs else [1.0]
+    sp = spec.space.sparsity
+    if isinstance(sp, SparsityRange):
+        mid = (sp.low + sp.high) / 2
+        if sp.step:
+            mid = sp.low + round((mid - sp.low) / sp.step) * sp.step
+        levels = sorted({sp.low, mid})
+    else:
+        levels = sorted(set(sp))
+    if not space.prunable:
+        levels = levels[:1]
+    candidates, seen = [], list(taken)
+    for width in widths:
+        for sparsity in levels:
+            params = space.uniform_params(sparsity=sparsity, bits=bits, width=width)
+            if params in seen:
+                continue
+            seen.append(params)
+            label = f"uniform {bits}-bit, sparsity {sparsity:g}, width {width:g}"
+            candidates.append((label, params))
+    if slots <= 0:
+        return []
+    if len(candidates) <= slots:
+        return candidates
+    if slots == 1:
+        return candidates[:1]
+    step = (len(candidates) - 1) / (slots - 1)
+    return [candidates[round(i * step)] for i in range(slots)]
+
+
 def enqueue_references(ctx: Context, space: JointSpace) -> None:
-    """Enqueue the uniform reference policies once, when the study is new."""
-    if not ctx.spec.study.references or ctx.study.user_attrs.get("references_enqueued"):
+    """Enqueue the uniform reference policies, and the ``auto`` sampler's anchors, once, when the study is new."""
+    spec = ctx.spec.study
+    anchored = spec.anchors and spec.sampler == "auto"
+    if not (spec.references or anchored) or ctx.study.user_attrs.get("references_enqueued"):
         return
-    with st.study_lock(ctx.engine, ctx.spec.study.name):
-        ctx.study = optuna.load_study(study_name=ctx.spec.study.name, storage=ctx.storage)
+    with st.study_lock(ctx.engine, spec.name):
+        ctx.study = optuna.load_study(study_name=spec.name, storage=ctx.storage)
         if ctx.study.user_attrs.get("references_enqueued"):
             return
-        for bits, sparsity in REFERENCE_GRID:
-            if bits not in ctx.spec.space.bits and ctx.spec.space.quantize:
-                continue
-            params = space.uniform_params(sparsity=sparsity, bits=bits)
-            ctx.study.enqueue_trial(params, user_attrs={"reference": f"uniform {bits}-bit, sparsity {sparsity:g}"},
-                                    skip_if_exists=True)
+        references = reference_params(ctx.spec, space) if spec.references else []
+        for label, params in references:
+            ctx.study.enqueue_trial(params, user_attrs={"reference": label}, skip_if_exists=True)
+        if anchored:
+            slots = min(startup_trials(spec.trials), spec.trials) - len(references)
+            for label, params in anchor_params(ctx.spec, space, slots=slots, taken=[p for _, p in references]):
+                ctx.study.enqueue_trial(params, user_attrs={"anchor": label}, skip_if_exists=True)
         ctx.study.set_user_attr("references_enqueued", True)
 
 

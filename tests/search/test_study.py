@@ -185,3 +185,75 @@ def test_early_stops_are_capped_beside_the_trials_run_to_the_end(tiny_study) -> 
     early.finished(1.0)
     with pytest.raises(StoppedEarly):
         early.before_training(plan, started=0.0)
+
+
+def _space(spec):
+    from squeeze.spaces import JointSpace, get_family
+
+    family = get_family(spec.task.family)
+    teacher = family.build(spec.task.model, in_channels=1, num_classes=10)
+    return JointSpace(family, spec.task.model, spec.space, teacher=teacher)
+
+
+def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_study) -> None:
+    from squeeze.search._study import anchor_params, reference_params
+
+    path = tiny_study(name="anchors", extra="\n")
+    spec = load_spec(path)
+    space = _space(spec)
+    references = [p for _, p in reference_params(spec, space)]
+    every = anchor_params(spec, space, slots=100, taken=references)
+    # widths 0.5 and 1 by sparsities 0 and 0.5, at 4 bits, less the two 4-bit references at full width.
+    assert [label for label, _ in every] == ["uniform 4-bit, sparsity 0, width 0.5", "uniform 4-bit, sparsity 0.5, width 0.5"]
+    for _, params in every:
+        assert params not in references
+        assert {v for k, v in params.items() if k.startswith("bits.")} == {4}
+        assert len({v for k, v in params.items() if k.startswith("sparsity.")}) == 1
+        assert {v for k, v in params.items() if k.startswith("student.width.")} == {0.5}
+    alone = anchor_params(spec, space, slots=100)
+    assert len(alone) == 4
+    ends = anchor_params(spec, space, slots=2)
+    assert ends == [alone[0], alone[-1]], "with fewer slots than policies, both ends are kept"
+    assert anchor_params(spec, space, slots=0) == []
+
+
+def test_an_auto_study_opens_with_references_then_anchors(tiny_study) -> None:
+    from squeeze.search._samplers import startup_trials
+    from squeeze.search._study import connect, enqueue_references
+
+    path = tiny_study(name="opening", trials=40, references=True)
+    path.write_text(path.read_text().replace('sampler = "random"', 'sampler = "auto"'))
+    spec = load_spec(path)
+    ctx = connect(spec, create=True)
+    space = _space(spec)
+    enqueue_references(ctx, space)
+    enqueue_references(ctx, space)  # a second worker, or a resume: nothing more is enqueued
+    waiting = optuna.load_study(study_name="opening", storage=spec.study.storage).get_trials(states=(TrialState.WAITING,))
+    kinds = ["reference" if "reference" in t.user_attrs else "anchor" if "anchor" in t.user_attrs else "?" for t in waiting]
+    assert kinds == ["reference"] * 4 + ["anchor"] * 2
+    assert len(waiting) <= startup_trials(40)
+
+    # Another sampler draws its own first trials: the references alone are enqueued.
+    plain = tiny_study(name="plain", trials=40, references=True)
+    spec = load_spec(plain)
+    ctx = connect(spec, create=True)
+    enqueue_references(ctx, _space(spec))
+    waiting = optuna.load_study(study_name="plain", storage=spec.study.storage).get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 4 and all("reference" in t.user_attrs for t in waiting)
+
+
+def test_a_plan_drawn_twice_in_a_study_scores_the_same(tiny_study) -> None:
+    # Every trial of a study trains with the study's seed: the same plan is the same artifact.
+    path = tiny_study(name="twice", trials=2)
+    path.write_text(path.read_text().replace("[study]\n", "[study]\nearly_stop = false\n", 1))
+    spec = load_spec(path)
+    ctx = _api.connect(spec, create=True)
+    params = _space(spec).uniform_params(sparsity=0.5, bits=4, width=0.5)
+    ctx.study.enqueue_trial(params)
+    ctx.study.enqueue_trial(params)
+    _api.run(spec)
+    study = optuna.load_study(study_name="twice", storage=spec.study.storage)
+    first, second = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    assert first.params == second.params
+    assert first.values == second.values
+    assert first.user_attrs["artifact_sha256"] == second.user_attrs["artifact_sha256"]
