@@ -14,13 +14,14 @@ the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler`
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
@@ -120,16 +121,68 @@ class TimedSampler(BaseSampler):
 
 
 class AutoSampler(TimedSampler):
-    """TPE until its own time passes ``share`` of the median trial time, then NSGA-II."""
+    """TPE until its own time passes ``share`` of the median trial time, then NSGA-II.
 
-    def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10) -> None:
+    After the start-up trials, a share ``local`` of the trials are local moves instead: one
+    parameter of a point on the feasible front, moved one step (the next bit-width, sparsity or
+    width up or down; a plan not tried yet). Trials of a study share one training seed, so a move's
+    difference from its parent is the move's own, and a front point whose neighbour is better in
+    one objective and no worse in the others is replaced; model-based proposals alone seldom come
+    back to a front point's exact network. Such a trial records ``local_from`` (the parent trial)
+    and ``local_move``.
+    """
+
+    def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10, local: float = 0.5) -> None:
         super().__init__(_tpe(seed, trials), name="tpe")
         self._seed = seed
         self._trials = trials
         self._share = share
         self._window = window
+        self._local = local
+        self._rng = random.Random(seed)
+        self._moves: dict[int, tuple[int, str]] = {}
         self._costs: list[float] = []
         self._durations: list[float] = []
+
+    def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        def sample() -> dict[str, Any]:
+            # An enqueued trial (a reference, an anchor, a retry) has its parameters already.
+            fixed = "fixed_params" in trial.system_attrs
+            move = None if fixed or self._rng.random() >= self._local else self._local_move(study, search_space)
+            if move is None:
+                return self.current.sample_relative(study, trial, search_space)
+            parent, name, params = move
+            self._moves[trial._trial_id] = (parent, name)
+            return params
+
+        return self._timed(trial._trial_id, sample)
+
+    def _local_move(self, study: Study, space: dict[str, BaseDistribution]) -> tuple[int, str, dict[str, Any]] | None:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(done) < startup_trials(self._trials) or not space:
+            return None
+        # Optuna's front of completed trials, feasible ones only where the study sets constraints.
+        front = [t for t in study.best_trials if set(space) <= set(t.params)]
+        if not front:
+            return None
+        tried = {_key(t.params) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+        for _ in range(20):
+            parent = self._rng.choice(front)
+            name = self._rng.choice(sorted(space))
+            value = _step(space[name], parent.params[name], self._rng)
+            if value is None:
+                continue
+            params = {k: parent.params[k] for k in space} | {name: value}
+            if _key(params) not in tried:
+                return parent.number, f"{name}: {parent.params[name]!r} -> {value!r}", params
+        return None
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        move = self._moves.pop(trial._trial_id, None)
+        if move is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, "local_from", move[0])
+            study._storage.set_trial_user_attr(trial._trial_id, "local_move", move[1])
+        super().after_trial(study, trial, state, values)
 
     def _observe(self, study: Study, trial: FrozenTrial, spent: float) -> None:
         if self._name != "tpe":
@@ -144,3 +197,30 @@ class AutoSampler(TimedSampler):
         if cost > self._share * trial_time:
             self._inner = optuna.samplers.NSGAIISampler(seed=self._seed, population_size=_population(self._trials))
             self._name = "nsga2"
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def _step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
+    """A neighbour of ``value`` in ``dist``: the next choice up or down, in order where the choices are numbers."""
+    if isinstance(dist, CategoricalDistribution):
+        choices = list(dist.choices)
+        if len(choices) < 2:
+            return None
+        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
+            ordered = sorted(choices)
+            i = ordered.index(value)
+            near = [ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered)]
+        else:
+            near = [c for c in choices if c != value]
+        return rng.choice(near)
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        step = dist.step or (dist.high - dist.low) / 4
+        near = [v for v in (value - step, value + step) if dist.low <= v <= dist.high]
+        if not near:
+            return None
+        v = rng.choice(near)
+        return round(v, 10) if isinstance(dist, FloatDistribution) else int(v)
+    return None

@@ -50,3 +50,36 @@ def test_auto_keeps_tpe_while_it_is_cheap_beside_a_trial() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     study.optimize(_objective(0.4), n_trials=12)
     assert {t.user_attrs["sampler"] for t in study.get_trials()} == {"tpe"}
+
+
+def test_auto_moves_front_points_one_step_after_the_start_up_trials() -> None:
+    sampler = AutoSampler(seed=0, trials=40, local=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    study.enqueue_trial({f"p{i}": 3 for i in range(6)})
+    study.optimize(_objective(0.0, params=6), n_trials=12)
+    study.enqueue_trial({f"p{i}": 0 for i in range(6)})
+    study.optimize(_objective(0.0, params=6), n_trials=12)
+    trials = study.get_trials()
+    moves = [t for t in trials if "local_from" in t.user_attrs]
+    startup = 10  # a quarter of 40
+    assert all("local_from" not in t.user_attrs for t in trials[:startup]), "the start-up trials are the model's"
+    assert "local_from" not in trials[12].user_attrs and trials[12].params == {f"p{i}": 0 for i in range(6)}
+    assert len(moves) == len(trials) - startup - 1
+    seen: set[tuple] = set()
+    for t in trials:
+        key = tuple(sorted(t.params.items()))
+        assert key not in seen, "a move never repeats a plan already tried"
+        seen.add(key)
+    for t in moves:
+        parent = trials[t.user_attrs["local_from"]]
+        changed = {k for k in t.params if t.params[k] != parent.params[k]}
+        assert len(changed) == 1, t.user_attrs["local_move"]
+        (name,) = changed
+        assert abs(t.params[name] - parent.params[name]) == 1, "one step, to the next choice"
+        assert t.user_attrs["local_move"].startswith(f"{name}: ")
+        # The parent was on the front of the trials finished before the move started.
+        earlier = [o for o in trials if o.number < t.number and o.datetime_complete and o.datetime_complete <= t.datetime_start]
+        assert not any(
+            o.values[0] >= parent.values[0] and o.values[1] <= parent.values[1] and o.values[2] <= parent.values[2]
+            and o.values != parent.values for o in earlier
+        )
