@@ -8,7 +8,8 @@ hands over to NSGA-II for the rest of the study. Its start-up phase (``startup_t
 random draws in the whole space: the study enqueues, after the uniform references, uniform anchors
 spread over the student widths and sparsities (see ``_study.anchor_params``), so that the model
 starts from the axis along which uniform policies trade accuracy for size and speed, and searches
-per-layer departures from it. Every trial records the sampler's own time as
+per-layer departures from it. After the start-up phase, half of its trials are local moves: one
+parameter of a feasible front point moved one step (see ``AutoSampler``). Every trial records the sampler's own time as
 the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler``.
 """
 
@@ -204,18 +205,18 @@ def _key(params: dict[str, Any]) -> tuple:
 
 
 def _step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
-    """A neighbour of ``value`` in ``dist``: the next choice up or down, in order where the choices are numbers."""
+    """A neighbour of ``value`` in ``dist``: the next number up or down, or None where the choices have no order.
+
+    A choice without an order (``precision``: per-layer or every layer in float) is no small step,
+    so local moves leave it to the model.
+    """
     if isinstance(dist, CategoricalDistribution):
         choices = list(dist.choices)
-        if len(choices) < 2:
+        if len(choices) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
             return None
-        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
-            ordered = sorted(choices)
-            i = ordered.index(value)
-            near = [ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered)]
-        else:
-            near = [c for c in choices if c != value]
-        return rng.choice(near)
+        ordered = sorted(choices)
+        i = ordered.index(value)
+        return rng.choice([ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered)])
     if isinstance(dist, (FloatDistribution, IntDistribution)):
         step = dist.step or (dist.high - dist.low) / 4
         near = [v for v in (value - step, value + step) if dist.low <= v <= dist.high]
