@@ -5,11 +5,11 @@ training split, and given to each study as a checkpoint: the split follows the s
 teacher shared across seeds would have trained on the other seeds' held-out images), the same
 data, the same training budget per trial and the same number of trials:
 
-- ``auto`` (the default; multi-objective TPE at this budget, see ``search/_samplers.py``),
-  ``nsga2``, ``gp`` and ``random``: the joint space, with the study's four uniform references
-  (bits 8/4 x sparsity 0/0.5, full width) enqueued first, as every study does; ``auto`` then
-  opens with its uniform anchors (4 bits, every student width and sparsity the start-up phase
-  holds) where the others draw their first trials as they do;
+- ``auto`` (the default, see ``search/_samplers.py``), ``nsga2``, ``gp`` and ``random``: the
+  joint space, with the study's four uniform references (bits 8/4 x sparsity 0/0.5, full width)
+  enqueued first, as every study does; ``auto`` then opens with its uniform anchors (4 bits,
+  every student width and sparsity its start-up phase holds) where the others draw their first
+  trials as they do, and after that alternates multi-objective TPE with local moves of front points;
 - ``grid``: uniform policies alone (every layer the same bits and sparsity, every stage the same
   width), every combination of the space's choices that fits in the trial budget;
 - ``sequential``: half the trials searching pruning and the student with every layer in float
@@ -47,6 +47,7 @@ import dataclasses
 import itertools
 import json
 import multiprocessing
+import random
 import statistics
 import sys
 import time
@@ -56,10 +57,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from squeeze.objectives import TrainingBudget, load_task, train_teacher
+from squeeze.objectives import TrainingBudget, decode, load_task, measure, train_teacher
 from squeeze.search import Point, Teacher, hypervolume, load_spec, pareto_front
 from squeeze.search._pareto import dominates, hypervolume_history
 from squeeze.search._api import _storing, prepare
+from squeeze.search._storage import engine_for, get_artifact
 from squeeze.search._study import (
     connect,
     enqueue_references,
@@ -198,8 +200,21 @@ class Session:
         return len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
 
 
+def session(args: argparse.Namespace, method: str, seed: int) -> Session:
+    """The study of ``method`` for ``seed``, created or resumed, with that method's options."""
+    name = f"{method}-s{seed}"
+    if method == "grid":
+        # A fixed list: every policy runs to the end (an early stop would let the sampler add trials to it).
+        return Session(args, name=name, sampler="random", seed=seed, references=False, trials=args.trials,
+                       early_stop=False)
+    if method == "sequential":
+        # Its halves fix parts of the space, so it opens with TPE's own random draws, not the anchors.
+        return Session(args, name=name, sampler="auto", seed=seed, references=False, trials=args.trials, anchors=False)
+    return Session(args, name=name, sampler=method, seed=seed, references=True, trials=args.trials)
+
+
 def run_sampler(args: argparse.Namespace, sampler: str, seed: int) -> Session:
-    s = Session(args, name=f"{sampler}-s{seed}", sampler=sampler, seed=seed, references=True, trials=args.trials)
+    s = session(args, sampler, seed)
     s.run()
     return s
 
@@ -213,9 +228,7 @@ def uniform_grid(space: JointSpace, spec, trials: int) -> list[dict]:
 
 
 def run_grid(args: argparse.Namespace, seed: int) -> Session:
-    # A fixed list: every policy runs to the end (an early stop would let the sampler add trials to it).
-    probe = Session(args, name=f"grid-s{seed}", sampler="random", seed=seed, references=False, trials=args.trials,
-                    early_stop=False)
+    probe = session(args, "grid", seed)
     grid = uniform_grid(probe.space, probe.spec, args.trials)
     study = probe.ctx.study
     if not study.user_attrs.get("grid_enqueued"):
@@ -227,9 +240,7 @@ def run_grid(args: argparse.Namespace, seed: int) -> Session:
 
 
 def run_sequential(args: argparse.Namespace, seed: int) -> Session:
-    # Its halves fix parts of the space, so it opens with TPE's own random draws, not the anchors.
-    s = Session(args, name=f"sequential-s{seed}", sampler="auto", seed=seed, references=False, trials=args.trials,
-                anchors=False)
+    s = session(args, "sequential", seed)
     first = args.trials // 2
     base = lambda: make_sampler("auto", seed=worker_seed(seed, 0), trials=args.trials)  # noqa: E731
     floats = {f"bits.{layer}": 32 for layer in s.space.quantizable}
@@ -290,6 +301,55 @@ def _same_policy(trials: list[optuna.trial.FrozenTrial]) -> dict[int, str]:
             and (key := json.dumps(t.params, sort_keys=True)) in refs}
 
 
+def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], results: dict[str, dict[int, dict]]) -> None:
+    """Time every network of a seed's studies once more, alone, and score each study again with those figures.
+
+    The studies run ``--jobs`` at a time and time their own networks while the others train, so
+    one network can read differently in two studies (seed 1 of an earlier run: the uniform 8-bit
+    reference at sparsity 0.5 read 0.362x in ``auto``'s study and 0.335x in the grid's copy of it).
+    Hypervolumes from each study's own timings then compare the studies' neighbours as well as
+    their fronts. Here every distinct network of a seed (by ``latency_key``; all methods of a
+    seed share the teacher and the protocol) is timed once more, in this one process with nothing
+    else running, in a shuffled order so that no method's networks come first; each study's points
+    take those ratios, and the hypervolume and the reference table are computed again.
+    """
+    torch.set_num_threads(1)
+    for seed in seeds:
+        base = session(args, methods[0], seed)
+        example = base.data.x_train[:1]
+        keys: dict[str, dict[int, str]] = {}
+        networks: dict[str, tuple[str, str, int]] = {}
+        for method in methods:
+            name = f"{method}-s{seed}"
+            url = f"sqlite:///{args.out / f'search_quality-{name}.db'}"
+            study = optuna.load_study(study_name=name, storage=url)
+            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            keys[method] = {t.number: t.user_attrs["latency_key"] for t in done}
+            for t in done:
+                networks.setdefault(t.user_attrs["latency_key"], (url, name, t.number))
+        order = sorted(networks)
+        random.Random(seed).shuffle(order)
+        ratio: dict[str, float] = {}
+        for i, key in enumerate(order):
+            url, name, number = networks[key]
+            row = get_artifact(engine_for(url), name, number)
+            ratio[key] = measure(decode(row.data).module, base.bundle.deployed, example, spec=base.spec.latency).ratio
+            if (i + 1) % 50 == 0:
+                print(f"seed {seed}: {i + 1}/{len(order)} networks timed again", flush=True)
+        for method in methods:
+            name = f"{method}-s{seed}"
+            study = optuna.load_study(study_name=name, storage=f"sqlite:///{args.out / f'search_quality-{name}.db'}")
+            own = points(study, teacher=base.teacher)
+            again = [dataclasses.replace(p, latency_ratio=ratio[keys[method][p.number]]) for p in own]
+            drift = [abs(p.latency_ratio - q.latency_ratio) / q.latency_ratio for p, q in zip(own, again)]
+            results[method][seed]["retimed"] = {
+                "hypervolume": hypervolume(again, teacher=base.teacher),
+                "networks": len(order),
+                "drift_median": statistics.median(drift),
+                "points": [dataclasses.asdict(p) for p in again] if method == "auto" else [],
+            }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
@@ -314,6 +374,8 @@ def main() -> int:
                              "speed (dispatch outweighs the kernels), so latency would not tell plans apart")
     parser.add_argument("--jobs", type=int, default=1,
                         help="studies run at once, one process (and thread) each; more than the cores left idle makes latency noisy")
+    parser.add_argument("--no-retime", dest="retime", action="store_false",
+                        help="skip timing every network once more, alone, after the studies (see retime())")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -332,6 +394,8 @@ def main() -> int:
         for (method, seed), result in zip(order, done):
             results.setdefault(method, {})[seed] = result
     results = {m: dict(sorted(results[m].items())) for m in methods if m in results}
+    if args.retime:
+        retime(args, seeds, list(results), results)
     (args.out / "search_quality.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     report = render(results, args, elapsed=time.perf_counter() - started)
     (args.out / "search_quality.md").write_text(report, encoding="utf-8")
@@ -361,39 +425,58 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
                      f"{statistics.mean(r['stopped_early'] for r in by_seed.values()):.1f} | "
                      f"{statistics.mean(r.get('latency_reused', 0) for r in by_seed.values()):.1f} | "
                      f"{statistics.mean(r['seconds'] for r in by_seed.values()) / 60:.1f} | {', '.join(used) or '-'} |")
+    retimed = all("retimed" in r for by_seed in results.values() for r in by_seed.values())
+    if retimed:
+        lines += ["", "The same studies scored with one timing a network (every network of a seed timed once more after "
+                  "the studies, alone on the machine, in a shuffled order; see `retime()`):", "",
+                  "| method | hypervolume, mean | min | max | networks timed again, a seed | study's own ratio off by, median |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for method, by_seed in results.items():
+            hv = [r["retimed"]["hypervolume"] for r in by_seed.values()]
+            lines.append(f"| {method} | {statistics.mean(hv):.4f} | {min(hv):.4f} | {max(hv):.4f} | "
+                         f"{statistics.mean(r['retimed']['networks'] for r in by_seed.values()):.0f} | "
+                         f"{100 * statistics.median(r['retimed']['drift_median'] for r in by_seed.values()):.1f}% |")
     if "auto" in results:
         lines += ["", "Uniform references of the default sampler's studies, and the best front point that dominates each",
                   "(smallest such point, a searched one where there is one; accuracy, bytes as % of the teacher, "
-                  "latency ratio):", "",
-                  "| seed | reference | reference point | dominated by |", "|---:|---|---|---|"]
-        tally = {"references": 0, "dominated": 0, "searched": 0}
-        for seed, r in results["auto"].items():
-            pts = [Point(**p) for p in r["points"]]
-            front = pareto_front(pts)
-            teacher_bytes = r["teacher"]["size_bytes"]
-            labels = {int(k): v for k, v in r["references"].items()}
-            again = {int(k): v for k, v in r.get("same_policy", {}).items()}
-            anchors = {int(k): v for k, v in r.get("anchors", {}).items()}
-            for ref in (p for p in pts if p.number in labels):
-                better = [p for p in front if dominates(p, ref)]
-                # A searched (per-layer) point is the claim; a uniform policy (a reference, an anchor,
-                # or a reference's plan drawn again) is said as such.
-                searched = [p for p in better if p.number not in labels and p.number not in again
-                            and p.number not in anchors]
-                best = min(searched or better, key=lambda p: p.size_bytes) if better else None
-                tally["references"] += 1
-                tally["dominated"] += best is not None
-                tally["searched"] += bool(searched)
-                by = "none"
-                if best is not None:
-                    what = ("" if searched else " (a uniform reference)" if best.number in labels
-                            else f" (an anchor, {anchors[best.number]})" if best.number in anchors
-                            else f" ({again[best.number]} drawn again)")
-                    by = f"trial {best.number}{what}: {_fmt(best, teacher_bytes)}"
-                lines.append(f"| {seed} | {labels[ref.number]} | {_fmt(ref, teacher_bytes)} | {by} |")
-        lines += ["", f"References dominated: {tally['dominated']} of {tally['references']}; by a searched "
-                      f"(non-uniform) point: {tally['searched']} of {tally['references']}."]
+                  "latency ratio), with each study's own timings:", ""]
+        lines += reference_table(results["auto"], lambda r: r["points"])
+        if retimed:
+            lines += ["", "And with one timing a network:", ""]
+            lines += reference_table(results["auto"], lambda r: r["retimed"]["points"])
     return "\n".join(lines) + "\n"
+
+
+def reference_table(by_seed: dict[int, dict], points_of) -> list[str]:
+    """Rows of the reference table for one method's studies; ``points_of`` picks the points to judge with."""
+    lines = ["| seed | reference | reference point | dominated by |", "|---:|---|---|---|"]
+    tally = {"references": 0, "dominated": 0, "searched": 0}
+    for seed, r in by_seed.items():
+        pts = [Point(**p) for p in points_of(r)]
+        front = pareto_front(pts)
+        teacher_bytes = r["teacher"]["size_bytes"]
+        labels = {int(k): v for k, v in r["references"].items()}
+        again = {int(k): v for k, v in r.get("same_policy", {}).items()}
+        anchors = {int(k): v for k, v in r.get("anchors", {}).items()}
+        for ref in (p for p in pts if p.number in labels):
+            better = [p for p in front if dominates(p, ref)]
+            # A searched (per-layer) point is the claim; a uniform policy (a reference, an anchor,
+            # or a reference's plan drawn again) is said as such.
+            searched = [p for p in better if p.number not in labels and p.number not in again
+                        and p.number not in anchors]
+            best = min(searched or better, key=lambda p: p.size_bytes) if better else None
+            tally["references"] += 1
+            tally["dominated"] += best is not None
+            tally["searched"] += bool(searched)
+            by = "none"
+            if best is not None:
+                what = ("" if searched else " (a uniform reference)" if best.number in labels
+                        else f" (an anchor, {anchors[best.number]})" if best.number in anchors
+                        else f" ({again[best.number]} drawn again)")
+                by = f"trial {best.number}{what}: {_fmt(best, teacher_bytes)}"
+            lines.append(f"| {seed} | {labels[ref.number]} | {_fmt(ref, teacher_bytes)} | {by} |")
+    return lines + ["", f"References dominated: {tally['dominated']} of {tally['references']}; by a searched "
+                        f"(non-uniform) point: {tally['searched']} of {tally['references']}."]
 
 
 def _fmt(p: Point, teacher_bytes: int) -> str:

@@ -184,6 +184,10 @@ class Status:
     latency_timed: int = 0
     latency_reused: int = 0
     """Completed trials that timed their network, and those that took an earlier trial's measurement of it."""
+    references: int = 0
+    anchors: int = 0
+    local_moves: int = 0
+    """Finished trials that were uniform references, ``auto``'s anchors, and its local moves; the rest the sampler proposed."""
 
 
 def _open(target: Target) -> tuple[optuna.Study, Any]:
@@ -226,6 +230,8 @@ def status(target: Target) -> Status:
         trial_s=statistics.median(timed) if timed else None,
         stopped_early=len(stopped), saved_s=sum(float(t.user_attrs.get("saved_s", 0.0)) for t in stopped),
         latency_timed=len(measured) - reused, latency_reused=reused,
+        **{key: sum(1 for t in trials if t.state.is_finished() and attr in t.user_attrs)
+           for key, attr in (("references", "reference"), ("anchors", "anchor"), ("local_moves", "local_from"))},
     )
 
 

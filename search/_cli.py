@@ -153,6 +153,9 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     if s.sampler_ms is not None:
         share = f" ({s.sampler_ms / 10 / s.trial_s:.1f}% of a {s.trial_s:.2f} s trial)" if s.trial_s else ""
         table.add_row("sampler", f"{s.sampler}, {s.sampler_ms:.2f} ms a trial{share}")
+    if s.anchors or s.local_moves:
+        table.add_row("trials from", f"references {s.references}, anchors {s.anchors}, local moves {s.local_moves}; "
+                                     "the rest the sampler proposed")
     if s.latency_timed or s.latency_reused:
         table.add_row("latency", f"{s.latency_timed} trials timed, {s.latency_reused} took their network's earlier measurement")
     if s.stopped_early:

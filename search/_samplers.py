@@ -6,7 +6,7 @@ Measured here with 25 categorical parameters and 3 objectives, multi-objective T
 time over the last ``window`` trials passes ``share`` (5%) of the median trial's wall time, it
 hands over to NSGA-II for the rest of the study. Its start-up phase (``startup_trials``) is not
 random draws in the whole space: the study enqueues, after the uniform references, uniform anchors
-spread over the student widths and sparsities (see ``_study.anchor_params``), so that the model
+spread over the student widths and sparsities (see ``_opening.anchor_params``), so that the model
 starts from the axis along which uniform policies trade accuracy for size and speed, and searches
 per-layer departures from it. After the start-up phase, half of its trials are local moves: one
 parameter of a feasible front point moved one step (see ``AutoSampler``). Every trial records the sampler's own time as

@@ -37,7 +37,7 @@ class StudyOptions:
     ``anchors``: with the ``auto`` sampler, the study opens with uniform policies spread over the
     space's student widths and sparsities (at 4 bits, or the nearest allowed width above), as many
     as the sampler's start-up phase holds beside the references, in place of random draws; see
-    :func:`squeeze.search._study.anchor_params`.
+    :func:`squeeze.search._opening.anchor_params`.
 
     ``early_stop``: a trial that cannot meet the study's budgets stops as soon as that is known
     (recorded PRUNED, with the reason and the time it saved): before training when the smallest

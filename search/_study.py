@@ -34,11 +34,12 @@ from squeeze.objectives import (
     train_teacher,
     training_device,
 )
-from squeeze.spaces import JointSpace, SparsityRange, SqueezeError, checkpoint_of, get_family, load_checkpoint
+from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
 from ._early import EarlyStop, StoppedEarly
 from ._latencies import LatencyBook
+from ._opening import anchor_params, reference_params
 from ._pareto import Point, Teacher, hypervolume, pareto_front
 from ._samplers import make_sampler, startup_trials
 from ._spec import StudyOptions, StudySpec
@@ -53,10 +54,6 @@ DIRECTIONS = ["maximize", "minimize", "minimize"]
 HEARTBEAT_S = StudyOptions.heartbeat_s
 GRACE_S = StudyOptions.grace_s
 """Defaults; a study's own are ``spec.study.heartbeat_s`` and ``spec.study.grace_s``."""
-REFERENCE_GRID = ((8, 0.0), (4, 0.0), (8, 0.5), (4, 0.5))
-"""Uniform policies a person would try first: (bits, sparsity) for every layer, full width."""
-ANCHOR_BITS = 4
-"""Bit-width of the anchors: the lowest at which weights usually keep a CNN's accuracy."""
 
 
 def _optuna_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
@@ -306,57 +303,6 @@ def training_seed(spec: StudySpec) -> int:
     than a point of accuracy on MNIST); and a plan drawn again scores what it scored before.
     """
     return spec.study.seed * 10_007
-
-
-def reference_params(spec: StudySpec, space: JointSpace) -> list[tuple[str, dict[str, Any]]]:
-    """The uniform references that ``spec`` allows, as (label, parameters)."""
-    out = []
-    for bits, sparsity in REFERENCE_GRID:
-        if bits not in spec.space.bits and spec.space.quantize:
-            continue
-        out.append((f"uniform {bits}-bit, sparsity {sparsity:g}", space.uniform_params(sparsity=sparsity, bits=bits)))
-    return out
-
-
-def anchor_params(spec: StudySpec, space: JointSpace, *, slots: int,
-                  taken: list[dict[str, Any]] = ()) -> list[tuple[str, dict[str, Any]]]:
-    """Up to ``slots`` uniform policies spread over the space's student widths and sparsities.
-
-    Every layer gets the same sparsity and :data:`ANCHOR_BITS` bits (or the nearest allowed
-    bit-width above, else the widest), every stage the same width, the full depth. Policies equal
-    to one in ``taken`` (the references) are left out; when there are more than ``slots``, an
-    evenly spaced selection is kept, so that the ends of both axes are among them.
-    """
-    allowed = sorted(spec.space.bits)
-    bits = next((b for b in allowed if b >= ANCHOR_BITS), allowed[-1])
-    widths = sorted({float(w) for w in spec.space.width}, reverse=True) if space.knobs else [1.0]
-    sp = spec.space.sparsity
-    if isinstance(sp, SparsityRange):
-        mid = (sp.low + sp.high) / 2
-        if sp.step:
-            mid = sp.low + round((mid - sp.low) / sp.step) * sp.step
-        levels = sorted({sp.low, mid})
-    else:
-        levels = sorted(set(sp))
-    if not space.prunable:
-        levels = levels[:1]
-    candidates, seen = [], list(taken)
-    for width in widths:
-        for sparsity in levels:
-            params = space.uniform_params(sparsity=sparsity, bits=bits, width=width)
-            if params in seen:
-                continue
-            seen.append(params)
-            label = f"uniform {bits}-bit, sparsity {sparsity:g}, width {width:g}"
-            candidates.append((label, params))
-    if slots <= 0:
-        return []
-    if len(candidates) <= slots:
-        return candidates
-    if slots == 1:
-        return candidates[:1]
-    step = (len(candidates) - 1) / (slots - 1)
-    return [candidates[round(i * step)] for i in range(slots)]
 
 
 def enqueue_references(ctx: Context, space: JointSpace) -> None:

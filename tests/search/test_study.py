@@ -196,7 +196,7 @@ def _space(spec):
 
 
 def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_study) -> None:
-    from squeeze.search._study import anchor_params, reference_params
+    from squeeze.search._opening import anchor_params, reference_params
 
     path = tiny_study(name="anchors", extra="\n")
     spec = load_spec(path)
