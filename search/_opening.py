@@ -44,9 +44,11 @@ def anchor_params(spec: StudySpec, space: JointSpace, *, slots: int,
     widths = sorted({float(w) for w in spec.space.width}, reverse=True) if space.knobs else [1.0]
     sp = spec.space.sparsity
     if isinstance(sp, SparsityRange):
-        mid = (sp.low + sp.high) / 2
         if sp.step:
-            mid = sp.low + round((mid - sp.low) / sp.step) * sp.step
+            # The middle step of the grid low, low + step, ... that the range suggests from.
+            mid = round(sp.low + (int(round((sp.high - sp.low) / sp.step)) // 2) * sp.step, 10)
+        else:
+            mid = (sp.low + sp.high) / 2
         levels = sorted({sp.low, mid})
     else:
         levels = sorted(set(sp))

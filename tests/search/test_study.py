@@ -217,6 +217,20 @@ def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_stu
     assert anchor_params(spec, space, slots=0) == []
 
 
+def test_anchors_in_a_sparsity_range_take_its_low_end_and_its_middle(tiny_study) -> None:
+    from squeeze.search._opening import anchor_params
+
+    path = tiny_study(name="ranged")
+    path.write_text(path.read_text().replace("sparsity = [0.0, 0.5]", "sparsity = {low = 0.1, high = 0.7, step = 0.2}"))
+    spec = load_spec(path)
+    space = _space(spec)
+    found = {(p["student.width.stage0"], p[next(k for k in p if k.startswith("sparsity."))])
+             for _, p in anchor_params(spec, space, slots=100)}
+    # [0.1, 0.7] in steps of 0.2 is 3 steps; the middle one, rounded down, is 0.3: a value the range suggests.
+    assert {s for _, s in found} == {0.1, 0.3}
+    assert {w for w, _ in found} == {0.5, 1.0} and len(found) == 4
+
+
 def test_an_auto_study_opens_with_references_then_anchors(tiny_study) -> None:
     from squeeze.search._samplers import startup_trials
     from squeeze.search._study import connect, enqueue_references
