@@ -37,7 +37,10 @@ network is timed once and plans that materialize the same network share that mea
 
 Writes ``search_quality.md`` (the tables), ``search_quality.png`` (hypervolume over trials, mean
 and range over seeds) and ``search_quality.json`` to ``--out`` (default ``benchmarks/results``).
-Each study goes to its own SQLite file there; a rerun resumes them.
+Each study goes to its own SQLite file there; a rerun resumes them. After the studies, every
+network of a seed is timed once more, alone, and the studies are scored again with those figures
+(``retime()``; ``--no-retime`` skips it): studies that run side by side time their networks under
+different loads, and that drift is as large as the differences between methods.
 """
 
 from __future__ import annotations
