@@ -82,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = """
 [study]
 name = "{name}"
-storage = "sqlite:///{db}"
+storage = "{storage}"
 trials = {trials}
 sampler = "{sampler}"
 seed = {seed}
@@ -133,10 +133,15 @@ SLOW = {"gp": 0, "sequential": 1, "auto": 2, "nsga2": 3, "random": 4, "grid": 5}
 """Start order: studies that take longest first."""
 
 
+def study_url(args: argparse.Namespace, name: str) -> str:
+    """The SQLite database of the study ``name`` (each study has its own)."""
+    return f"sqlite:///{args.out / f'search_quality-{name}.db'}"
+
+
 def study_text(args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool, trials: int,
                early_stop: bool = True, anchors: bool = True) -> str:
     return STUDY.format(
-        early_stop="true" if early_stop else "false", anchors="true" if anchors else "false", min_accuracy=args.min_accuracy, name=name, db=args.out / f"search_quality-{name}.db", trials=trials, sampler=sampler, seed=seed,
+        early_stop="true" if early_stop else "false", anchors="true" if anchors else "false", min_accuracy=args.min_accuracy, name=name, storage=study_url(args, name), trials=trials, sampler=sampler, seed=seed,
         references="true" if references else "false", data=args.data.resolve(), limit=args.limit,
         holdout_limit=args.holdout_limit, checkpoint=teacher_path(args, seed), epochs=args.epochs,
         distill=args.distill, finetune=args.finetune, qat=args.qat, repeats=args.repeats,
@@ -320,13 +325,14 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
     for seed in seeds:
         base = session(args, methods[0], seed)
         example = base.data.x_train[:1]
+        studies: dict[str, optuna.Study] = {}
         keys: dict[str, dict[int, str]] = {}
         networks: dict[str, tuple[str, str, int]] = {}
         for method in methods:
             name = f"{method}-s{seed}"
-            url = f"sqlite:///{args.out / f'search_quality-{name}.db'}"
-            study = optuna.load_study(study_name=name, storage=url)
-            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            url = study_url(args, name)
+            studies[method] = optuna.load_study(study_name=name, storage=url)
+            done = studies[method].get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             keys[method] = {t.number: t.user_attrs["latency_key"] for t in done}
             for t in done:
                 networks.setdefault(t.user_attrs["latency_key"], (url, name, t.number))
@@ -339,9 +345,7 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
             ratio[key] = measure(decode(row.data).module, base.bundle.deployed, example, spec=base.spec.latency).ratio
             if (i + 1) % 50 == 0:
                 print(f"seed {seed}: {i + 1}/{len(order)} networks timed again", flush=True)
-        for method in methods:
-            name = f"{method}-s{seed}"
-            study = optuna.load_study(study_name=name, storage=f"sqlite:///{args.out / f'search_quality-{name}.db'}")
+        for method, study in studies.items():
             own = points(study, teacher=base.teacher)
             again = [dataclasses.replace(p, latency_ratio=ratio[keys[method][p.number]]) for p in own]
             drift = [abs(p.latency_ratio - q.latency_ratio) / q.latency_ratio for p, q in zip(own, again)]

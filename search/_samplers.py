@@ -9,8 +9,8 @@ random draws in the whole space: the study enqueues, after the uniform reference
 spread over the student widths and sparsities (see ``_opening.anchor_params``), so that the model
 starts from the axis along which uniform policies trade accuracy for size and speed, and searches
 per-layer departures from it. After the start-up phase, half of its trials are local moves: one
-parameter of a feasible front point moved one step (see ``AutoSampler``). Every trial records the sampler's own time as
-the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler``.
+parameter of a feasible front point moved one step (see ``AutoSampler``). Every trial records the
+sampler's own time as the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler``.
 """
 
 from __future__ import annotations
@@ -159,14 +159,14 @@ class AutoSampler(TimedSampler):
         return self._timed(trial._trial_id, sample)
 
     def _local_move(self, study: Study, space: dict[str, BaseDistribution]) -> tuple[int, str, dict[str, Any]] | None:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(done) < startup_trials(self._trials) or not space:
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state == TrialState.COMPLETE for t in trials) < startup_trials(self._trials) or not space:
             return None
         # Optuna's front of completed trials, feasible ones only where the study sets constraints.
         front = [t for t in study.best_trials if set(space) <= set(t.params)]
         if not front:
             return None
-        tried = {_key(t.params) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+        tried = {_key(t.params) for t in trials if t.state != TrialState.FAIL}
         for _ in range(20):
             parent = self._rng.choice(front)
             name = self._rng.choice(sorted(space))
