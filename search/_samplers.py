@@ -9,7 +9,8 @@ random draws in the whole space: the study enqueues, after the uniform reference
 spread over the student widths and sparsities (see ``_opening.anchor_params``), so that the model
 starts from the axis along which uniform policies trade accuracy for size and speed, and searches
 per-layer departures from it. After the start-up phase, half of its trials are local moves: one
-parameter of a feasible front point moved one step (see ``AutoSampler``). Every trial records the
+parameter of a feasible front point moved one step, a uniform reference's shrinking moves first
+while it is still on the front (see ``AutoSampler``). Every trial records the
 sampler's own time as the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler``.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,8 +131,9 @@ class AutoSampler(TimedSampler):
     width up or down; a plan not tried yet). Trials of a study share one training seed, so a move's
     difference from its parent is the move's own, and a front point whose neighbour is better in
     one objective and no worse in the others is replaced; model-based proposals alone seldom come
-    back to a front point's exact network. Such a trial records ``local_from`` (the parent trial)
-    and ``local_move``.
+    back to a front point's exact network. While a uniform reference is on the front, the moves
+    go to it, and only ones that make it smaller: the study is there to beat the policies a
+    person tries first. Such a trial records ``local_from`` (the parent trial) and ``local_move``.
     """
 
     def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10, local: float = 0.5) -> None:
@@ -167,6 +170,9 @@ class AutoSampler(TimedSampler):
         if not front:
             return None
         tried = {_key(t.params) for t in trials if t.state != TrialState.FAIL}
+        refined = self._refine_reference(trials, front, space, tried)
+        if refined is not None:
+            return refined
         for _ in range(20):
             parent = self._rng.choice(front)
             name = self._rng.choice(sorted(space))
@@ -176,6 +182,32 @@ class AutoSampler(TimedSampler):
             params = {k: parent.params[k] for k in space} | {name: value}
             if _key(params) not in tried:
                 return parent.number, f"{name}: {parent.params[name]!r} -> {value!r}", params
+        return None
+
+    def _refine_reference(self, trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial],
+                          space: dict[str, BaseDistribution], tried: set[tuple]) -> tuple[int, str, dict[str, Any]] | None:
+        """A shrinking move of a uniform reference that is still on the front, or None.
+
+        References go first, the least tried first: the search is there to beat what a person tries
+        first. Moves that keep the reference's network (one int8 layer to the next lower bit-width)
+        go before the rest: the network's latency is shared (one measurement a network), the
+        bytes drop, and accuracy alone decides whether the move dominates its parent.
+        """
+        references = [t for t in front if "reference" in t.user_attrs]
+        if not references:
+            return None
+        tries = Counter(t.user_attrs.get("local_from") for t in trials)
+        tries.update(parent for parent, _ in self._moves.values())
+        for parent in sorted(references, key=lambda t: (tries[t.number], t.number)):
+            fresh = []
+            for name, value, same_network in _shrinking(space, parent.params):
+                params = {k: parent.params[k] for k in space} | {name: value}
+                if _key(params) not in tried:
+                    fresh.append((name, value, same_network, params))
+            if not fresh:
+                continue
+            name, value, _, params = self._rng.choice([m for m in fresh if m[2]] or fresh)
+            return parent.number, f"{name}: {parent.params[name]!r} -> {value!r}", params
         return None
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
@@ -204,8 +236,8 @@ def _key(params: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
-def _step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
-    """A neighbour of ``value`` in ``dist``: the next number up or down, or None where the choices have no order.
+def _neighbour(dist: BaseDistribution, value: Any, direction: int) -> Any:
+    """The next choice above (``direction`` 1) or below (-1) ``value``; None at the end or where there is no order.
 
     A choice without an order (``precision``: per-layer or every layer in float) is no small step,
     so local moves leave it to the model.
@@ -215,13 +247,39 @@ def _step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
         if len(choices) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
             return None
         ordered = sorted(choices)
-        i = ordered.index(value)
-        return rng.choice([ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered)])
+        j = ordered.index(value) + direction
+        return ordered[j] if 0 <= j < len(ordered) else None
     if isinstance(dist, (FloatDistribution, IntDistribution)):
-        step = dist.step or (dist.high - dist.low) / 4
-        near = [v for v in (value - step, value + step) if dist.low <= v <= dist.high]
-        if not near:
+        v = value + direction * (dist.step or (dist.high - dist.low) / 4)
+        if not dist.low <= v <= dist.high:
             return None
-        v = rng.choice(near)
         return round(v, 10) if isinstance(dist, FloatDistribution) else int(v)
     return None
+
+
+def _step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
+    """A neighbour of ``value`` in ``dist``, up or down at random; None where there is none."""
+    near = [v for v in (_neighbour(dist, value, -1), _neighbour(dist, value, 1)) if v is not None]
+    return rng.choice(near) if near else None
+
+
+_SHRINKS = {"bits": -1, "sparsity": 1, "student": -1}
+"""Which way each parameter group makes a network smaller: fewer bits, more sparsity, a narrower or shallower student."""
+
+
+def _shrinking(space: dict[str, BaseDistribution], params: dict[str, Any]) -> list[tuple[str, Any, bool]]:
+    """One-step moves of ``params`` that make its network smaller, as (name, value, keeps the network).
+
+    A move keeps the network when it lowers an int8 layer's bit-width (weights below 8 bits run on
+    the same int8 kernels, see ``squeeze.objectives.latency_key``). Bit-widths mean nothing in a
+    plan whose ``precision`` is ``"float"``, so they are not moved there.
+    """
+    moves = []
+    for name in sorted(space):
+        group = name.partition(".")[0]
+        if group not in _SHRINKS or (group == "bits" and params.get("precision") == "float"):
+            continue
+        value = _neighbour(space[name], params[name], _SHRINKS[group])
+        if value is not None:
+            moves.append((name, value, group == "bits" and params[name] <= 8))
+    return moves

@@ -83,3 +83,32 @@ def test_auto_moves_front_points_one_step_after_the_start_up_trials() -> None:
             o.values[0] >= parent.values[0] and o.values[1] <= parent.values[1] and o.values[2] <= parent.values[2]
             and o.values != parent.values for o in earlier
         )
+
+
+def test_auto_shrinks_a_reference_on_the_front_before_other_moves() -> None:
+    layers = range(3)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        bits = [trial.suggest_categorical(f"bits.l{i}", [2, 4, 8, 32]) for i in layers]
+        sparsity = [trial.suggest_categorical(f"sparsity.l{i}", [0.0, 0.25, 0.5]) for i in layers]
+        # Accuracy peaks at 8 bits everywhere and no sparsity, so that reference is never dominated.
+        accuracy = sum(min(b, 8) for b in bits) - 10 * sum(sparsity)
+        size = sum(b * (1 - s) for b, s in zip(bits, sparsity))
+        return accuracy, size, sum(1 - s for s in sparsity) + sum(b > 8 for b in bits)
+
+    sampler = AutoSampler(seed=0, trials=40, local=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    reference = {f"bits.l{i}": 8 for i in layers} | {f"sparsity.l{i}": 0.0 for i in layers}
+    study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
+    study.optimize(objective, n_trials=20)
+    trials = study.get_trials()
+    moves = [t for t in trials if "local_from" in t.user_attrs]
+    assert len(moves) == 10  # every trial after the 10 start-up ones
+    # The reference's six shrinking moves come first: the three that keep its network, then the rest.
+    assert all(t.user_attrs["local_from"] == 0 for t in moves[:6])
+    changed = [next(k for k in t.params if t.params[k] != reference[k]) for t in moves[:6]]
+    assert sorted(changed[:3]) == [f"bits.l{i}" for i in layers]
+    assert sorted(changed[3:]) == [f"sparsity.l{i}" for i in layers]
+    assert all(t.params[name] == (4 if name.startswith("bits") else 0.25) for t, name in zip(moves, changed))
+    # With none left, moves go on from any front point.
+    assert any(t.user_attrs["local_from"] != 0 for t in moves[6:])
