@@ -1,6 +1,16 @@
 """The study's life: config, storage, workers, Pareto front, plots, export and the CLI."""
 
-from ._pareto import FrontData, HypervolumeSample, Point, Teacher, front_data, hypervolume, pareto_front, reference_point
+from ._pareto import (
+    FrontData,
+    HypervolumeSample,
+    Point,
+    Teacher,
+    front_data,
+    hypervolume,
+    pareto_front,
+    reference_point,
+    references_beaten,
+)
 from ._plots import draw
 from ._spec import DEFAULT_STORAGE, SAMPLERS, StudySpec, load_spec, parse_override, spec_from_dict
 
@@ -19,5 +29,6 @@ __all__ = [
     "pareto_front",
     "parse_override",
     "reference_point",
+    "references_beaten",
     "spec_from_dict",
 ]

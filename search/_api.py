@@ -23,7 +23,7 @@ from squeeze.objectives import decode, load_task
 from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
-from ._pareto import FrontData, HypervolumeSample, Teacher, front_data, hypervolume, pareto_front
+from ._pareto import FrontData, HypervolumeSample, Teacher, front_data, hypervolume, pareto_front, references_beaten
 from ._plots import draw
 from ._spec import DEFAULT_STORAGE, StudySpec, load_spec
 from ._study import (
@@ -188,6 +188,8 @@ class Status:
     anchors: int = 0
     local_moves: int = 0
     """Finished trials that were uniform references, ``auto``'s anchors, and its local moves; the rest the sampler proposed."""
+    references_beaten: tuple[tuple[int, int | None], ...] = ()
+    """Each completed uniform reference's trial, with the smallest front trial that dominates it (None: none does)."""
 
 
 def _open(target: Target) -> tuple[optuna.Study, Any]:
@@ -230,6 +232,7 @@ def status(target: Target) -> Status:
         trial_s=statistics.median(timed) if timed else None,
         stopped_early=len(stopped), saved_s=sum(float(t.user_attrs.get("saved_s", 0.0)) for t in stopped),
         latency_timed=len(measured) - reused, latency_reused=reused,
+        references_beaten=tuple((ref.number, by.number if by else None) for ref, by in references_beaten(pts)),
         **{key: sum(1 for t in trials if t.state.is_finished() and attr in t.user_attrs)
            for key, attr in (("references", "reference"), ("anchors", "anchor"), ("local_moves", "local_from"))},
     )

@@ -156,6 +156,12 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     if s.anchors or s.local_moves:
         table.add_row("trials from", f"references {s.references}, anchors {s.anchors}, local moves {s.local_moves}; "
                                      "the rest the sampler proposed")
+    if s.references_beaten:
+        beaten = [f"{ref} by {by}" for ref, by in s.references_beaten if by is not None]
+        standing = [str(ref) for ref, by in s.references_beaten if by is None]
+        table.add_row("references beaten", f"{len(beaten)} of {len(s.references_beaten)}"
+                      + (f": trial {', '.join(beaten)}" if beaten else "")
+                      + (f"; not beaten: trial {', '.join(standing)}" if standing else ""))
     if s.latency_timed or s.latency_reused:
         table.add_row("latency", f"{s.latency_timed} trials timed, {s.latency_reused} took their network's earlier measurement")
     if s.stopped_early:

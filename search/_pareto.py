@@ -145,6 +145,21 @@ def pareto_front(points: Sequence[Point], *, feasible_only: bool = True) -> list
     return sorted(front, key=lambda p: (p.size_bytes, -p.accuracy, p.latency_ratio, p.number))
 
 
+def references_beaten(points: Sequence[Point]) -> list[tuple[Point, Point | None]]:
+    """Each uniform reference among ``points``, with the smallest feasible front point that dominates it, or None.
+
+    This is what a study answers for someone who would otherwise set every layer alike: does
+    the front hold a plan at least as good in all three objectives and better in one than the
+    uniform policy? A reference that nothing dominates is still on the front (if feasible).
+    """
+    front = pareto_front(points)
+    beaten = []
+    for ref in (p for p in points if p.reference):
+        better = [p for p in front if dominates(p, ref)]
+        beaten.append((ref, min(better, key=lambda p: (p.size_bytes, p.number)) if better else None))
+    return beaten
+
+
 def reference_point(teacher: Teacher) -> tuple[float, float, float]:
     """The hypervolume reference point in normalised loss space: ``(1.0, 1.5, 2.0)``.
 

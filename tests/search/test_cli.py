@@ -182,3 +182,4 @@ def test_status_says_where_an_auto_studys_trials_came_from(tiny_study, capfd) ->
     code, out, _ = _cli(capfd, "status", str(path))
     assert code == 0
     assert re.search(rf"trials from\s+│?\s*references 4, anchors 1, local moves {moves};", out), out
+    assert re.search(r"references beaten\s+│?\s*[0-4] of 4", out), out

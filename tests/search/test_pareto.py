@@ -17,6 +17,7 @@ from squeeze.search._pareto import (
     hypervolume_history,
     pareto_front,
     reference_point,
+    references_beaten,
 )
 
 TEACHER = Teacher(accuracy=0.9, size_bytes=1000, latency_ms=2.0)
@@ -75,6 +76,23 @@ def test_front_with_infeasible_points_lets_them_dominate():
 def test_front_of_nothing_is_empty():
     assert pareto_front([]) == []
     assert pareto_front([E]) == []
+
+
+def test_references_beaten_names_the_smallest_feasible_front_point_that_dominates_each():
+    refs = [
+        _pt(0, 0.90, 1000, 0.5, reference=True),  # beaten by 2 (same accuracy and latency, fewer bytes) and 3
+        _pt(1, 0.95, 800, 0.5, reference=True),   # on the front: nothing else is as accurate
+        _pt(4, 0.80, 300, 0.4, reference=True),   # only the infeasible 5 dominates it: not beaten
+    ]
+    others = [
+        _pt(2, 0.90, 900, 0.5),
+        _pt(3, 0.92, 700, 0.45),
+        _pt(5, 0.99, 100, 0.1, feasible=False),
+        _pt(6, 0.90, 1000, 0.5),  # ties reference 0: does not beat it
+    ]
+    beaten = references_beaten(refs + others)
+    assert [(ref.number, by.number if by else None) for ref, by in beaten] == [(0, 3), (1, None), (4, None)]
+    assert references_beaten(others) == []
 
 
 def test_front_keeps_trade_offs_on_each_pair_of_axes():
