@@ -179,9 +179,9 @@ class AutoSampler(TimedSampler):
             value = _step(space[name], parent.params[name], self._rng)
             if value is None:
                 continue
-            params = {k: parent.params[k] for k in space} | {name: value}
-            if _key(params) not in tried:
-                return parent.number, f"{name}: {parent.params[name]!r} -> {value!r}", params
+            move = _move(parent, space, name, value)
+            if _key(move[2]) not in tried:
+                return move
         return None
 
     def _refine_reference(self, trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial],
@@ -199,15 +199,11 @@ class AutoSampler(TimedSampler):
         tries = Counter(t.user_attrs.get("local_from") for t in trials)
         tries.update(parent for parent, _ in self._moves.values())
         for parent in sorted(references, key=lambda t: (tries[t.number], t.number)):
-            fresh = []
-            for name, value, same_network in _shrinking(space, parent.params):
-                params = {k: parent.params[k] for k in space} | {name: value}
-                if _key(params) not in tried:
-                    fresh.append((name, value, same_network, params))
-            if not fresh:
-                continue
-            name, value, _, params = self._rng.choice([m for m in fresh if m[2]] or fresh)
-            return parent.number, f"{name}: {parent.params[name]!r} -> {value!r}", params
+            fresh = [(_move(parent, space, name, value), same_network)
+                     for name, value, same_network in _shrinking(space, parent.params)]
+            fresh = [(move, same_network) for move, same_network in fresh if _key(move[2]) not in tried]
+            if fresh:
+                return self._rng.choice([m for m, same in fresh if same] or [m for m, _ in fresh])
         return None
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
@@ -230,6 +226,12 @@ class AutoSampler(TimedSampler):
         if cost > self._share * trial_time:
             self._inner = optuna.samplers.NSGAIISampler(seed=self._seed, population_size=_population(self._trials))
             self._name = "nsga2"
+
+
+def _move(parent: FrozenTrial, space: dict[str, BaseDistribution], name: str, value: Any) -> tuple[int, str, dict[str, Any]]:
+    """``parent``'s parameters with ``name`` set to ``value``: (parent trial, what moved, the parameters)."""
+    params = {k: parent.params[k] for k in space} | {name: value}
+    return parent.number, f"{name}: {parent.params[name]!r} -> {value!r}", params
 
 
 def _key(params: dict[str, Any]) -> tuple:

@@ -80,7 +80,7 @@ def test_front_of_nothing_is_empty():
 
 def test_references_beaten_names_the_smallest_feasible_front_point_that_dominates_each():
     refs = [
-        _pt(0, 0.90, 1000, 0.5, reference=True),  # beaten by 2 (same accuracy and latency, fewer bytes) and 3
+        _pt(0, 0.90, 1000, 0.5, reference=True),  # dominated by 2 and by 3; only 3 is on the front
         _pt(1, 0.95, 800, 0.5, reference=True),   # on the front: nothing else is as accurate
         _pt(4, 0.80, 300, 0.4, reference=True),   # only the infeasible 5 dominates it: not beaten
     ]
