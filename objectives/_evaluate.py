@@ -49,6 +49,8 @@ class Judged:
     """The network that runs and how it was timed (:func:`latency_key`)."""
     latency_reused: bool = False
     """True when ``latency`` is an earlier measurement of the same network, not one taken here."""
+    weights: Mapping[str, int] = field(default_factory=dict)
+    """Weights each layer of ``plan.bits`` keeps in the artifact: what one bit more or less on a layer costs."""
 
     def attrs(self) -> dict[str, Any]:
         """Trial attributes: absolute figures, timings, devices and the artifact digest."""
@@ -61,6 +63,7 @@ class Judged:
             "latency": self.latency.attrs(),
             "latency_key": self.latency_key,
             "latency_reused": self.latency_reused,
+            "weights": dict(self.weights),
             "artifact_sha256": self.sha256,
             "timings_s": dict(self.timings),
         }
@@ -256,4 +259,6 @@ def evaluate_plan(
         device=train_on.type,
         latency_key=key,
         latency_reused=known is not None,
+        weights={name: int(m.weight.numel()) for name, m in folded.named_modules()
+                 if name in plan.bits and isinstance(getattr(m, "weight", None), torch.Tensor)},
     )

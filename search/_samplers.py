@@ -9,8 +9,9 @@ random draws in the whole space: the study enqueues, after the uniform reference
 spread over the student widths and sparsities (see ``_opening.anchor_params``), so that the model
 starts from the axis along which uniform policies trade accuracy for size and speed, and searches
 per-layer departures from it. After the start-up phase, half of its trials are local moves: one
-parameter of a feasible front point moved one step, a uniform reference's shrinking moves first
-while it is still on the front (see ``AutoSampler``). Every trial records the
+parameter of a feasible front point moved one step, and first, while a uniform reference is still
+on the front, moves that make it smaller: a step down, or bits traded between its layers (see
+``AutoSampler`` and ``_local``). Every trial records the
 sampler's own time as the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler``.
 """
 
@@ -24,12 +25,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from squeeze.spaces import SqueezeError
+
+from ._local import Move, bit_trades, key, make_move, predicted, random_step, shrinking, step_effects
 
 
 def _tpe(seed: int, trials: int) -> BaseSampler:
@@ -132,19 +135,22 @@ class AutoSampler(TimedSampler):
     difference from its parent is the move's own, and a front point whose neighbour is better in
     one objective and no worse in the others is replaced; model-based proposals alone seldom come
     back to a front point's exact network. While a uniform reference is on the front, the moves
-    go to it, and only ones that make it smaller: the study is there to beat the policies a
-    person tries first. Such a trial records ``local_from`` (the parent trial) and ``local_move``.
+    go to it (at most ``refine`` a reference), and only ones that make it smaller: the study is
+    there to beat the policies a person tries first. Such a trial records ``local_from`` (the
+    parent trial), ``local_steps`` and ``local_move`` (see ``squeeze.search._local``).
     """
 
-    def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10, local: float = 0.5) -> None:
+    def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10, local: float = 0.5,
+                 refine: int = 6) -> None:
         super().__init__(_tpe(seed, trials), name="tpe")
         self._seed = seed
         self._trials = trials
         self._share = share
         self._window = window
         self._local = local
+        self._refine = refine
         self._rng = random.Random(seed)
-        self._moves: dict[int, tuple[int, str]] = {}
+        self._moves: dict[int, Move] = {}
         self._costs: list[float] = []
         self._durations: list[float] = []
 
@@ -155,13 +161,12 @@ class AutoSampler(TimedSampler):
             move = None if fixed or self._rng.random() >= self._local else self._local_move(study, search_space)
             if move is None:
                 return self.current.sample_relative(study, trial, search_space)
-            parent, name, params = move
-            self._moves[trial._trial_id] = (parent, name)
-            return params
+            self._moves[trial._trial_id] = move
+            return move.params
 
         return self._timed(trial._trial_id, sample)
 
-    def _local_move(self, study: Study, space: dict[str, BaseDistribution]) -> tuple[int, str, dict[str, Any]] | None:
+    def _local_move(self, study: Study, space: dict[str, BaseDistribution]) -> Move | None:
         trials = study.get_trials(deepcopy=False)
         if sum(t.state == TrialState.COMPLETE for t in trials) < startup_trials(self._trials) or not space:
             return None
@@ -169,48 +174,54 @@ class AutoSampler(TimedSampler):
         front = [t for t in study.best_trials if set(space) <= set(t.params)]
         if not front:
             return None
-        tried = {_key(t.params) for t in trials if t.state != TrialState.FAIL}
-        refined = self._refine_reference(trials, front, space, tried)
+        tried = {key(t.params) for t in trials if t.state != TrialState.FAIL}
+        refined = self._refine_reference(study, trials, front, space, tried)
         if refined is not None:
             return refined
         for _ in range(20):
             parent = self._rng.choice(front)
             name = self._rng.choice(sorted(space))
-            value = _step(space[name], parent.params[name], self._rng)
+            value = random_step(space[name], parent.params[name], self._rng)
             if value is None:
                 continue
-            move = _move(parent, space, name, value)
-            if _key(move[2]) not in tried:
+            move = make_move(parent, space, [(name, parent.params[name], value)])
+            if key(move.params) not in tried:
                 return move
         return None
 
-    def _refine_reference(self, trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial],
-                          space: dict[str, BaseDistribution], tried: set[tuple]) -> tuple[int, str, dict[str, Any]] | None:
-        """A shrinking move of a uniform reference that is still on the front, or None.
+    def _refine_reference(self, study: Study, trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial],
+                          space: dict[str, BaseDistribution], tried: set[tuple]) -> Move | None:
+        """A move that makes a uniform reference still on the front smaller, or None.
 
-        References go first, the least tried first: the search is there to beat what a person tries
-        first. Moves that keep the reference's network (one int8 layer to the next lower bit-width)
-        go before the rest: the network's latency is shared (one measurement a network), the
-        bytes drop, and accuracy alone decides whether the move dominates its parent.
+        References go first, the least tried first, each at most ``refine`` times (a reference no
+        move beats would otherwise take every local move of the study). Of a reference's shrinking
+        moves and bit trades (see ``squeeze.search._local``), the one whose steps have cost the
+        least accuracy so far in this study goes first; among equals, one that keeps the network
+        (its latency is then the reference's own: one measurement a network, and accuracy alone
+        decides whether the move beats its parent).
         """
         references = [t for t in front if "reference" in t.user_attrs]
         if not references:
             return None
         tries = Counter(t.user_attrs.get("local_from") for t in trials)
-        tries.update(parent for parent, _ in self._moves.values())
+        tries.update(move.parent for move in self._moves.values())
+        accuracy = next((i for i, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE), None)
+        effects = {} if accuracy is None else step_effects(trials, objective=accuracy)
         for parent in sorted(references, key=lambda t: (tries[t.number], t.number)):
-            fresh = [(_move(parent, space, name, value), same_network)
-                     for name, value, same_network in _shrinking(space, parent.params)]
-            fresh = [(move, same_network) for move, same_network in fresh if _key(move[2]) not in tried]
+            if tries[parent.number] >= self._refine:
+                continue
+            fresh = [m for m in shrinking(space, parent) + bit_trades(space, parent) if key(m.params) not in tried]
             if fresh:
-                return self._rng.choice([m for m, same in fresh if same] or [m for m, _ in fresh])
+                self._rng.shuffle(fresh)
+                return max(fresh, key=lambda m: (round(predicted(m, effects), 6), m.same_network))
         return None
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         move = self._moves.pop(trial._trial_id, None)
         if move is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, "local_from", move[0])
-            study._storage.set_trial_user_attr(trial._trial_id, "local_move", move[1])
+            study._storage.set_trial_user_attr(trial._trial_id, "local_from", move.parent)
+            study._storage.set_trial_user_attr(trial._trial_id, "local_steps", [list(step) for step in move.steps])
+            study._storage.set_trial_user_attr(trial._trial_id, "local_move", move.label)
         super().after_trial(study, trial, state, values)
 
     def _observe(self, study: Study, trial: FrozenTrial, spent: float) -> None:
@@ -226,62 +237,3 @@ class AutoSampler(TimedSampler):
         if cost > self._share * trial_time:
             self._inner = optuna.samplers.NSGAIISampler(seed=self._seed, population_size=_population(self._trials))
             self._name = "nsga2"
-
-
-def _move(parent: FrozenTrial, space: dict[str, BaseDistribution], name: str, value: Any) -> tuple[int, str, dict[str, Any]]:
-    """``parent``'s parameters with ``name`` set to ``value``: (parent trial, what moved, the parameters)."""
-    params = {k: parent.params[k] for k in space} | {name: value}
-    return parent.number, f"{name}: {parent.params[name]!r} -> {value!r}", params
-
-
-def _key(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
-
-
-def _neighbour(dist: BaseDistribution, value: Any, direction: int) -> Any:
-    """The next choice above (``direction`` 1) or below (-1) ``value``; None at the end or where there is no order.
-
-    A choice without an order (``precision``: per-layer or every layer in float) is no small step,
-    so local moves leave it to the model.
-    """
-    if isinstance(dist, CategoricalDistribution):
-        choices = list(dist.choices)
-        if len(choices) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
-            return None
-        ordered = sorted(choices)
-        j = ordered.index(value) + direction
-        return ordered[j] if 0 <= j < len(ordered) else None
-    if isinstance(dist, (FloatDistribution, IntDistribution)):
-        v = value + direction * (dist.step or (dist.high - dist.low) / 4)
-        if not dist.low <= v <= dist.high:
-            return None
-        return round(v, 10) if isinstance(dist, FloatDistribution) else int(v)
-    return None
-
-
-def _step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
-    """A neighbour of ``value`` in ``dist``, up or down at random; None where there is none."""
-    near = [v for v in (_neighbour(dist, value, -1), _neighbour(dist, value, 1)) if v is not None]
-    return rng.choice(near) if near else None
-
-
-_SHRINKS = {"bits": -1, "sparsity": 1, "student": -1}
-"""Which way each parameter group makes a network smaller: fewer bits, more sparsity, a narrower or shallower student."""
-
-
-def _shrinking(space: dict[str, BaseDistribution], params: dict[str, Any]) -> list[tuple[str, Any, bool]]:
-    """One-step moves of ``params`` that make its network smaller, as (name, value, keeps the network).
-
-    A move keeps the network when it lowers an int8 layer's bit-width (weights below 8 bits run on
-    the same int8 kernels, see ``squeeze.objectives.latency_key``). Bit-widths mean nothing in a
-    plan whose ``precision`` is ``"float"``, so they are not moved there.
-    """
-    moves = []
-    for name in sorted(space):
-        group = name.partition(".")[0]
-        if group not in _SHRINKS or (group == "bits" and params.get("precision") == "float"):
-            continue
-        value = _neighbour(space[name], params[name], _SHRINKS[group])
-        if value is not None:
-            moves.append((name, value, group == "bits" and params[name] <= 8))
-    return moves

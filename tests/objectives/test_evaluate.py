@@ -71,6 +71,10 @@ def test_low_bit_plan_is_smaller_and_measured_on_the_artifact(setup) -> None:
     four = _judge(setup, CompressionPlan(bits={n: 4 for n in layers}))
     flt = _judge(setup, CompressionPlan())
     assert four.size_bytes < eight.size_bytes < flt.size_bytes
+    # Each layer's weight count is recorded: it is what a bit less on that layer saves.
+    teacher_weights = {n: teacher.get_submodule(n).weight.numel() for n in layers}
+    assert four.weights == eight.weights == teacher_weights
+    assert abs(eight.size_bytes - four.size_bytes - sum(teacher_weights.values()) * 4 / 8) < 64
     for judged in (eight, four, flt):
         assert judged.size_bytes == len(judged.artifact)
         loaded = decode(judged.artifact)

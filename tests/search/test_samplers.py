@@ -85,22 +85,22 @@ def test_auto_moves_front_points_one_step_after_the_start_up_trials() -> None:
         )
 
 
+def _peaked_objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    bits = [trial.suggest_categorical(f"bits.l{i}", [2, 4, 8, 32]) for i in range(3)]
+    sparsity = [trial.suggest_categorical(f"sparsity.l{i}", [0.0, 0.25, 0.5]) for i in range(3)]
+    # Accuracy peaks at 8 bits everywhere and no sparsity, so that reference is never dominated.
+    accuracy = sum(min(b, 8) for b in bits) - 10 * sum(sparsity)
+    size = sum(b * (1 - s) for b, s in zip(bits, sparsity))
+    return accuracy, size, sum(1 - s for s in sparsity) + sum(b > 8 for b in bits)
+
+
 def test_auto_shrinks_a_reference_on_the_front_before_other_moves() -> None:
     layers = range(3)
-
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
-        bits = [trial.suggest_categorical(f"bits.l{i}", [2, 4, 8, 32]) for i in layers]
-        sparsity = [trial.suggest_categorical(f"sparsity.l{i}", [0.0, 0.25, 0.5]) for i in layers]
-        # Accuracy peaks at 8 bits everywhere and no sparsity, so that reference is never dominated.
-        accuracy = sum(min(b, 8) for b in bits) - 10 * sum(sparsity)
-        size = sum(b * (1 - s) for b, s in zip(bits, sparsity))
-        return accuracy, size, sum(1 - s for s in sparsity) + sum(b > 8 for b in bits)
-
     sampler = AutoSampler(seed=0, trials=40, local=1.0)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     reference = {f"bits.l{i}": 8 for i in layers} | {f"sparsity.l{i}": 0.0 for i in layers}
     study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
-    study.optimize(objective, n_trials=20)
+    study.optimize(_peaked_objective, n_trials=20)
     trials = study.get_trials()
     moves = [t for t in trials if "local_from" in t.user_attrs]
     assert len(moves) == 10  # every trial after the 10 start-up ones
@@ -112,3 +112,70 @@ def test_auto_shrinks_a_reference_on_the_front_before_other_moves() -> None:
     assert all(t.params[name] == (4 if name.startswith("bits") else 0.25) for t, name in zip(moves, changed))
     # With none left, moves go on from any front point.
     assert any(t.user_attrs["local_from"] != 0 for t in moves[6:])
+
+
+def test_auto_caps_the_moves_a_reference_gets() -> None:
+    # The reference has six shrinking moves and none beats it; it gets three.
+    sampler = AutoSampler(seed=0, trials=40, local=1.0, refine=3)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
+    study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
+    study.optimize(_peaked_objective, n_trials=20)
+    moves = [t for t in study.get_trials() if "local_from" in t.user_attrs]
+    assert len(moves) == 10 and [t.user_attrs["local_from"] for t in moves[:3]] == [0, 0, 0]
+    # After them, the reference is a parent only as often as any front point is (uncapped, it
+    # would take the next three moves too).
+    assert [t.user_attrs["local_from"] for t in moves[3:6]] != [0, 0, 0]
+
+
+WEIGHTS = {"l0": 10, "l1": 100, "l2": 200, "l3": 400, "l4": 1000}
+"""A small first layer and a large last one, as in a CNN."""
+
+
+def _traded_objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    bits = {layer: trial.suggest_categorical(f"bits.{layer}", [2, 4, 8]) for layer in WEIGHTS}
+    # The first layer is sensitive to its bit-width, the middle ones break at 2 bits, the last one tolerates 2.
+    middle = [bits[f"l{i}"] for i in (1, 2, 3)]
+    accuracy = 1 - 0.01 * (8 - bits["l0"]) - sum(0.002 * (8 - b) + 0.05 * (b == 2) for b in middle) - 0.0005 * (8 - bits["l4"])
+    trial.set_user_attr("weights", WEIGHTS)
+    return accuracy, sum(n * bits[layer] / 8 for layer, n in WEIGHTS.items()), 1.0
+
+
+def test_auto_trades_bits_between_a_references_layers_where_the_bytes_fall() -> None:
+    sampler = AutoSampler(seed=0, trials=20, local=1.0)  # 5 start-up trials
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    reference = {f"bits.{layer}": 4 for layer in WEIGHTS}
+    study.enqueue_trial(reference, user_attrs={"reference": "uniform 4-bit"})
+    study.optimize(_traded_objective, n_trials=12)
+    trials = study.get_trials()
+    moves = [t for t in trials if t.user_attrs.get("local_from") == 0]
+    assert moves
+    for t in moves:
+        steps = t.user_attrs["local_steps"]
+        # Every move makes the reference smaller; the two-step ones are trades between int8 layers.
+        assert t.values[1] < trials[0].values[1]
+        if len(steps) == 2:
+            (_, a, b), (_, c, d) = steps
+            assert b > a and d < c and max(b, d) <= 8
+    assert not any(t.values[0] >= trials[0].values[0] and t.values[1] < trials[0].values[1] for t in trials[1:5])
+    # No single step down keeps the accuracy; a layer up and a larger one down beats the reference
+    # at its own latency.
+    beaten = [t for t in moves if t.values[0] >= trials[0].values[0]]
+    assert beaten and len(beaten[0].user_attrs["local_steps"]) == 2
+
+
+def test_step_effects_learn_from_the_moves_so_far() -> None:
+    from squeeze.search._local import step_effects
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    make = optuna.trial.create_trial
+    study.add_trial(make(params={}, distributions={}, values=[0.9, 10.0]))
+    study.add_trial(make(params={}, distributions={}, values=[0.8, 9.0],
+                         user_attrs={"local_from": 0, "local_steps": [["bits.a", 4, 2]]}))
+    study.add_trial(make(params={}, distributions={}, values=[0.95, 9.0],
+                         user_attrs={"local_from": 0, "local_steps": [["bits.a", 4, 8], ["bits.b", 4, 2]]}))
+    study.add_trial(make(params={}, distributions={}, state=optuna.trial.TrialState.PRUNED,
+                         user_attrs={"local_from": 0, "local_steps": [["sparsity.a", 0.0, 0.5]]}))
+    effects = step_effects(study.get_trials(), objective=0)
+    assert effects == pytest.approx({("bits.a", 4, 2): -0.1, ("bits.a", 4, 8): 0.025, ("bits.b", 4, 2): 0.025,
+                                     ("sparsity.a", 0.0, 0.5): -0.9})

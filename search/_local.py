@@ -1,0 +1,171 @@
+"""Local moves: a front point changed a step at a time, as one tunes a policy by hand.
+
+A move is one or two steps (a parameter from one value to the next in its order). ``auto`` uses
+them after its start-up trials (see ``AutoSampler``): trials of a study share one training seed,
+so the difference between a move and its parent is the move's own, and the study learns from it.
+Every move trial records its parent (``local_from``), its steps (``local_steps``: a list of
+``[parameter, from, to]``) and a line for people (``local_move``).
+
+Two kinds of move are there to beat a uniform reference:
+
+- **Shrinking moves** (:func:`shrinking`): one step that makes the network smaller (fewer bits,
+  more sparsity, a narrower or shallower student).
+- **Bit trades** (:func:`bit_trades`): one int8 layer a step up and another a step down, where the
+  bytes fall. Both stay at 8 bits or fewer, so the network, its int8 kernels and its latency are the
+  parent's; the trade moves precision to where it buys accuracy (a small, sensitive first layer up,
+  a large, tolerant one down), which a uniform policy cannot do. The bytes come from the parent's
+  ``weights`` attribute (weights kept per layer, recorded by every trial).
+
+:func:`step_effects` is what the study has learnt so far: the mean accuracy change of each step
+over the moves that took it.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+Step = tuple[str, Any, Any]
+"""(parameter, from, to)."""
+
+
+@dataclass(frozen=True)
+class Move:
+    """A proposal: ``parent``'s parameters with ``steps`` applied."""
+
+    parent: int
+    steps: tuple[Step, ...]
+    params: dict[str, Any]
+    same_network: bool = False
+    """True when the moved plan runs the parent's network (bit-widths moved among int8 layers only)."""
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in self.steps)
+
+
+def make_move(parent: FrozenTrial, space: Mapping[str, BaseDistribution], steps: Sequence[Step], *,
+              same_network: bool = False) -> Move:
+    """``parent``'s parameters (those of ``space``) with each step's new value."""
+    params = {k: parent.params[k] for k in space} | {name: new for name, _, new in steps}
+    return Move(parent.number, tuple(steps), params, same_network)
+
+
+def key(params: Mapping[str, Any]) -> tuple:
+    """A hashable form of a parameter set, to tell whether a plan has been tried."""
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def neighbour(dist: BaseDistribution, value: Any, direction: int) -> Any:
+    """The next choice above (``direction`` 1) or below (-1) ``value``; None at the end or where there is no order.
+
+    A choice without an order (``precision``: per-layer or every layer in float) is no small step,
+    so local moves leave it to the model.
+    """
+    if isinstance(dist, CategoricalDistribution):
+        choices = list(dist.choices)
+        if len(choices) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
+            return None
+        ordered = sorted(choices)
+        j = ordered.index(value) + direction
+        return ordered[j] if 0 <= j < len(ordered) else None
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        v = value + direction * (dist.step or (dist.high - dist.low) / 4)
+        if not dist.low <= v <= dist.high:
+            return None
+        return round(v, 10) if isinstance(dist, FloatDistribution) else int(v)
+    return None
+
+
+def random_step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
+    """A neighbour of ``value`` in ``dist``, up or down at random; None where there is none."""
+    near = [v for v in (neighbour(dist, value, -1), neighbour(dist, value, 1)) if v is not None]
+    return rng.choice(near) if near else None
+
+
+SHRINKS = {"bits": -1, "sparsity": 1, "student": -1}
+"""Which way each parameter group makes a network smaller: fewer bits, more sparsity, a narrower or shallower student."""
+
+
+def _bits_moved(params: Mapping[str, Any]) -> bool:
+    # Bit-widths mean nothing in a plan whose ``precision`` is ``"float"``.
+    return params.get("precision") != "float"
+
+
+def shrinking(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> list[Move]:
+    """One-step moves of ``parent`` that make its network smaller.
+
+    A move keeps the network when it lowers an int8 layer's bit-width (weights below 8 bits run on
+    the same int8 kernels, see ``squeeze.objectives.latency_key``).
+    """
+    params = parent.params
+    moves = []
+    for name in sorted(space):
+        group = name.partition(".")[0]
+        if group not in SHRINKS or (group == "bits" and not _bits_moved(params)):
+            continue
+        value = neighbour(space[name], params[name], SHRINKS[group])
+        if value is not None:
+            same = group == "bits" and params[name] <= 8
+            moves.append(make_move(parent, space, [(name, params[name], value)], same_network=same))
+    return moves
+
+
+def bit_trades(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> list[Move]:
+    """Moves of ``parent`` that take one int8 layer a bit-width up and another one down, where the bytes fall.
+
+    Needs the parent's ``weights`` attribute (weights per layer); without it there are none.
+    """
+    weights = parent.user_attrs.get("weights")
+    params = parent.params
+    if not isinstance(weights, Mapping) or not _bits_moved(params):
+        return []
+    up, down = {}, {}
+    for name in sorted(space):
+        group, _, layer = name.partition(".")
+        if group != "bits" or layer not in weights or params[name] > 8:
+            continue
+        for direction, into in ((1, up), (-1, down)):
+            value = neighbour(space[name], params[name], direction)
+            if value is not None and value <= 8:
+                into[name] = (value, weights[layer] * (value - params[name]))
+    return [
+        make_move(parent, space, [(a, params[a], up[a][0]), (b, params[b], down[b][0])], same_network=True)
+        for a in up for b in down if a != b and up[a][1] + down[b][1] < 0
+    ]
+
+
+def step_effects(trials: Sequence[FrozenTrial], *, objective: int) -> dict[Step, float]:
+    """The mean change of objective ``objective`` (accuracy) that each step brought, over the moves that took it.
+
+    A move of two steps gives each half its change. A move stopped early (it fell far below the
+    accuracy budget) counts as having lost its parent's whole value.
+    """
+    by_number = {t.number: t for t in trials}
+    seen: dict[Step, list[float]] = defaultdict(list)
+    for t in trials:
+        steps = t.user_attrs.get("local_steps")
+        parent = by_number.get(t.user_attrs.get("local_from"))
+        if not steps or parent is None or parent.values is None:
+            continue
+        if t.state == TrialState.COMPLETE:
+            change = t.values[objective] - parent.values[objective]
+        elif t.state == TrialState.PRUNED:
+            change = -parent.values[objective]
+        else:
+            continue
+        for name, old, new in steps:
+            seen[(name, old, new)].append(change / len(steps))
+    return {step: statistics.fmean(changes) for step, changes in seen.items()}
+
+
+def predicted(move: Move, effects: Mapping[Step, float]) -> float:
+    """The accuracy change ``move`` is expected to bring: its steps' effects so far (0 where unknown)."""
+    return sum(effects.get(step, 0.0) for step in move.steps)
