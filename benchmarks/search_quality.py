@@ -15,7 +15,9 @@ data, the same training budget per trial and the same number of trials:
 - ``sequential``: half the trials searching pruning and the student with every layer in float
   (bits fixed to 32 with Optuna's ``PartialFixedSampler``), then half searching bit-widths alone
   on the best pruned student found (the smallest within 2 points of the teacher's accuracy, else
-  the most accurate), as one compresses by hand: prune first, then quantize.
+  the most accurate), as one compresses by hand: prune first, then quantize;
+- ``auto-norefine`` (only when named in ``--methods``): ``auto`` with the same worker seed and its
+  moves of the uniform references switched off, the ablation that shows what those moves do.
 
 Every trial of a study trains with the study's one seed (common random numbers, as in every
 study), so a difference between two plans of a study is theirs and not training noise's.
@@ -74,7 +76,7 @@ from squeeze.search._study import (
     run_worker,
     worker_seed,
 )
-from squeeze.search._samplers import make_sampler
+from squeeze.search._samplers import AutoSampler, make_sampler
 from squeeze.spaces import JointSpace, get_family
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +131,10 @@ min_round_ms = 5.0
 
 SAMPLERS = ("auto", "nsga2", "gp", "random")
 METHODS = (*SAMPLERS, "grid", "sequential")
-SLOW = {"gp": 0, "sequential": 1, "auto": 2, "nsga2": 3, "random": 4, "grid": 5}
+ABLATIONS = ("auto-norefine",)
+"""Not run unless named: ``auto`` with its moves of the uniform references switched off (``refine=0``),
+the same worker seed as ``auto``'s, to show what those moves do."""
+SLOW = {"gp": 0, "sequential": 1, "auto": 2, "auto-norefine": 2, "nsga2": 3, "random": 4, "grid": 5}
 """Start order: studies that take longest first."""
 
 
@@ -218,7 +223,16 @@ def session(args: argparse.Namespace, method: str, seed: int) -> Session:
     if method == "sequential":
         # Its halves fix parts of the space, so it opens with TPE's own random draws, not the anchors.
         return Session(args, name=name, sampler="auto", seed=seed, references=False, trials=args.trials, anchors=False)
+    if method == "auto-norefine":
+        return Session(args, name=name, sampler="auto", seed=seed, references=True, trials=args.trials)
     return Session(args, name=name, sampler=method, seed=seed, references=True, trials=args.trials)
+
+
+def run_norefine(args: argparse.Namespace, seed: int) -> Session:
+    """``auto`` with the same worker seed, its moves of the references switched off."""
+    s = session(args, "auto-norefine", seed)
+    s.run(sampler=AutoSampler(seed=worker_seed(seed, 0), trials=args.trials, refine=0))
+    return s
 
 
 def run_sampler(args: argparse.Namespace, sampler: str, seed: int) -> Session:
@@ -269,7 +283,7 @@ def run_sequential(args: argparse.Namespace, seed: int) -> Session:
 def run_study(args: argparse.Namespace, method: str, seed: int) -> dict:
     """One method for one seed, on one thread in its own SQLite file; returns what the report needs."""
     torch.set_num_threads(1)
-    runners = {"grid": run_grid, "sequential": run_sequential}
+    runners = {"grid": run_grid, "sequential": run_sequential, "auto-norefine": run_norefine}
     session = runners[method](args, seed) if method in runners else run_sampler(args, method, seed)
     pts = session.points()
     trials = optuna.load_study(study_name=session.spec.study.name,
@@ -286,7 +300,7 @@ def run_study(args: argparse.Namespace, method: str, seed: int) -> dict:
         "trial_s": statistics.median(t.user_attrs["trial_s"] for t in trials if "trial_s" in t.user_attrs),
         "sampler_ms": statistics.median(t.user_attrs.get("sampler_ms", 0.0) for t in trials),
         "teacher": {"accuracy": session.teacher.accuracy, "size_bytes": session.teacher.size_bytes},
-        "points": [dataclasses.asdict(p) for p in pts] if method == "auto" else [],
+        "points": [dataclasses.asdict(p) for p in pts] if method.startswith("auto") else [],
         "references": {t.number: t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs},
         # The auto sampler's uniform anchors: starting points, not per-layer policies.
         "anchors": {t.number: t.user_attrs["anchor"] for t in trials if "anchor" in t.user_attrs},
@@ -353,7 +367,7 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
                 "hypervolume": hypervolume(again, teacher=base.teacher),
                 "networks": len(order),
                 "drift_median": statistics.median(drift),
-                "points": [dataclasses.asdict(p) for p in again] if method == "auto" else [],
+                "points": [dataclasses.asdict(p) for p in again] if method.startswith("auto") else [],
             }
 
 
@@ -388,6 +402,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS) - set(ABLATIONS))
+    if unknown:
+        parser.error(f"--methods must name methods of {[*METHODS, *ABLATIONS]}, but got {', '.join(unknown)}.")
 
     started = time.perf_counter()
     for seed in seeds:
@@ -443,14 +460,15 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
             lines.append(f"| {method} | {statistics.mean(hv):.4f} | {min(hv):.4f} | {max(hv):.4f} | "
                          f"{statistics.mean(r['retimed']['networks'] for r in by_seed.values()):.0f} | "
                          f"{100 * statistics.median(r['retimed']['drift_median'] for r in by_seed.values()):.1f}% |")
-    if "auto" in results:
-        lines += ["", "Uniform references of the default sampler's studies, and the best front point that dominates each",
+    for method in (m for m in results if m.startswith("auto")):
+        whose = "the default sampler's studies" if method == "auto" else f"the `{method}` studies"
+        lines += ["", f"Uniform references of {whose}, and the best front point that dominates each",
                   "(smallest such point, a searched one where there is one; accuracy, bytes as % of the teacher, "
                   "latency ratio), with each study's own timings:", ""]
-        lines += reference_table(results["auto"], lambda r: r["points"])
+        lines += reference_table(results[method], lambda r: r["points"])
         if retimed:
             lines += ["", "And with one timing a network:", ""]
-            lines += reference_table(results["auto"], lambda r: r["retimed"]["points"])
+            lines += reference_table(results[method], lambda r: r["retimed"]["points"])
     return "\n".join(lines) + "\n"
 
 
