@@ -72,14 +72,15 @@ class Judged:
 def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec) -> str:
     """A digest of everything a latency measurement depends on: the network that runs and how it is timed.
 
-    Two plans with the same architecture, the same kept channels and the same layers in int8 run
-    the same kernels on the same shapes: weights below 8 bits are unpacked to int8 and 16-bit
-    layers run in float, and no kernel here is faster for some weight values than for others. So
-    bit-widths and weights do not enter; the student, the channels, which layers are int8, the
-    protocol, the CPU model, torch and the quantized engine do.
+    Two plans with the same network (graph, layer shapes) and the same layers in int8 run the same
+    kernels on the same shapes: weights below 8 bits are unpacked to int8 and 16-bit layers run in
+    float, and no kernel here is faster for some weight values than for others. So bit-widths and
+    weights do not enter, and neither does how the network was reached: a student at half width and
+    the teacher with half of every layer's channels pruned are one network, timed once. The network,
+    which layers are int8, the protocol, the CPU model, torch and the quantized engine do enter.
     """
     payload = {
-        "arch": arch.to_dict(),
+        "network": _network(arch),
         "int8": sorted(name for name, bits in plan.bits.items() if bits <= 8),
         "protocol": {k: getattr(spec, k) for k in ("batch", "threads", "warmup", "repeats", "min_round_ms")},
         "cpu": cpu_model(),
@@ -87,6 +88,13 @@ def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec) -> str:
         "engine": _materialize.ENGINE,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _network(arch: Arch) -> dict[str, Any]:
+    """The network ``arch`` builds, as its forward graph and each layer's configuration and input shape."""
+    model = arch.rebuild_float()
+    layers = [[name, repr(m)] for name, m in model.named_modules() if not any(True for _ in m.children())]
+    return {"graph": model.code, "layers": layers, "input": [arch.in_channels, *arch.input_size]}
 
 
 def teacher_artifact(

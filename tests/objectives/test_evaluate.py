@@ -91,6 +91,10 @@ def test_low_bit_plan_is_smaller_and_measured_on_the_artifact(setup) -> None:
     narrower = dataclasses.replace(arch, channels={**arch.channels, "stages.0.0.conv": 4})
     assert latency_key(narrower, eight.plan, spec=LATENCY) != eight.latency_key == latency_key(arch, eight.plan, spec=LATENCY)
     assert latency_key(arch, eight.plan, spec=dataclasses.replace(LATENCY, batch=8)) != eight.latency_key
+    # The network counts, not the plan that reached it: half of every layer pruned, or a half-width student.
+    half = dataclasses.replace(arch, channels={k: v // 2 for k, v in arch.channels.items()})
+    student = dataclasses.replace(half, student={"width": {"stage0": 0.5, "stage1": 0.5}})
+    assert latency_key(student, eight.plan, spec=LATENCY) == latency_key(half, eight.plan, spec=LATENCY)
     # Given an earlier measurement of its network, a plan takes it and is not timed again.
     asked: list[str] = []
     again = _judge(setup, CompressionPlan(bits={n: 4 for n in layers}),
