@@ -196,9 +196,10 @@ class AutoSampler(TimedSampler):
         References go first, the least tried first, each at most ``refine`` times (a reference no
         move beats would otherwise take every local move of the study). Of a reference's shrinking
         moves and bit trades (see ``squeeze.search._local``), the one whose steps have cost the
-        least accuracy so far in this study goes first; among equals, one that keeps the network
-        (its latency is then the reference's own: one measurement a network, and accuracy alone
-        decides whether the move beats its parent).
+        least accuracy so far in this study goes first; among equals, a trade (the one move that can
+        gain accuracy at the reference's latency: precision goes where it is worth most), then one
+        that keeps the network (its latency is then the reference's own: one measurement a network,
+        and accuracy alone decides whether the move beats its parent).
         """
         references = [t for t in front if "reference" in t.user_attrs]
         if not references:
@@ -213,7 +214,7 @@ class AutoSampler(TimedSampler):
             fresh = [m for m in shrinking(space, parent) + bit_trades(space, parent) if key(m.params) not in tried]
             if fresh:
                 self._rng.shuffle(fresh)
-                return max(fresh, key=lambda m: (round(predicted(m, effects), 6), m.same_network))
+                return max(fresh, key=lambda m: (round(predicted(m, effects), 6), len(m.steps), m.same_network))
         return None
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:

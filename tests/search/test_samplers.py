@@ -158,6 +158,8 @@ def test_auto_trades_bits_between_a_references_layers_where_the_bytes_fall() -> 
             (_, a, b), (_, c, d) = steps
             assert b > a and d < c and max(b, d) <= 8
     assert not any(t.values[0] >= trials[0].values[0] and t.values[1] < trials[0].values[1] for t in trials[1:5])
+    # Trades go first among moves the study knows nothing against: only they can gain accuracy.
+    assert all(len(t.user_attrs["local_steps"]) == 2 for t in moves)
     # No single step down keeps the accuracy; a layer up and a larger one down beats the reference
     # at its own latency.
     beaten = [t for t in moves if t.values[0] >= trials[0].values[0]]
