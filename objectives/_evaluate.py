@@ -69,7 +69,7 @@ class Judged:
         }
 
 
-def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec) -> str:
+def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec, model: torch.fx.GraphModule | None = None) -> str:
     """A digest of everything a latency measurement depends on: the network that runs and how it is timed.
 
     Two plans with the same network (graph, layer shapes) and the same layers in int8 run the same
@@ -78,9 +78,10 @@ def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec) -> str:
     weights do not enter, and neither does how the network was reached: a student at half width and
     the teacher with half of every layer's channels pruned are one network, timed once. The network,
     which layers are int8, the protocol, the CPU model, torch and the quantized engine do enter.
+    ``model``, when given, is the folded float module ``arch`` describes (it is then not rebuilt).
     """
     payload = {
-        "network": _network(arch),
+        "network": _network(arch, model),
         "int8": sorted(name for name, bits in plan.bits.items() if bits <= 8),
         "protocol": {k: getattr(spec, k) for k in ("batch", "threads", "warmup", "repeats", "min_round_ms")},
         "cpu": cpu_model(),
@@ -90,10 +91,10 @@ def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _network(arch: Arch) -> dict[str, Any]:
+def _network(arch: Arch, model: torch.fx.GraphModule | None) -> dict[str, Any]:
     """The network ``arch`` builds, as its forward graph and each layer's configuration and input shape."""
-    model = arch.rebuild_float()
-    layers = [[name, repr(m)] for name, m in model.named_modules() if not any(True for _ in m.children())]
+    model = model if model is not None else arch.rebuild_float()
+    layers = [[name, repr(m)] for name, m in model.named_modules() if next(m.children(), None) is None]
     return {"graph": model.code, "layers": layers, "input": [arch.in_channels, *arch.input_size]}
 
 
@@ -237,7 +238,7 @@ def evaluate_plan(
 
     acc = accuracy(deployed, data.x_holdout, data.y_holdout)
     lap("accuracy")
-    key = latency_key(arch, plan, spec=latency)
+    key = latency_key(arch, plan, spec=latency, model=folded)
     known = known_latency(key) if known_latency else None
     lat = known or measure(deployed, teacher_deployed, example, spec=latency)
     lap("latency")
