@@ -40,7 +40,7 @@ network is timed once and plans that materialize the same network share that mea
 Writes ``search_quality.md`` (the tables), ``search_quality.png`` (hypervolume over trials, mean
 and range over seeds) and ``search_quality.json`` to ``--out`` (default ``benchmarks/results``).
 Each study goes to its own SQLite file there; a rerun resumes them. After the studies, every
-network of a seed is timed once more, alone, and the studies are scored again with those figures
+network of a seed is timed again, alone (the median of three passes), and the studies are scored again with those figures
 (``retime()``; ``--no-retime`` skips it): studies that run side by side time their networks under
 different loads, and that drift is as large as the differences between methods.
 """
@@ -324,16 +324,19 @@ def _same_policy(trials: list[optuna.trial.FrozenTrial]) -> dict[int, str]:
 
 
 def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], results: dict[str, dict[int, dict]]) -> None:
-    """Time every network of a seed's studies once more, alone, and score each study again with those figures.
+    """Time every network of a seed's studies again, alone, and score each study again with those figures.
 
     The studies run ``--jobs`` at a time and time their own networks while the others train, so
     one network can read differently in two studies (seed 1 of an earlier run: the uniform 8-bit
     reference at sparsity 0.5 read 0.362x in ``auto``'s study and 0.335x in the grid's copy of it).
     Hypervolumes from each study's own timings then compare the studies' neighbours as well as
     their fronts. Here every distinct network of a seed (by ``latency_key``; all methods of a
-    seed share the teacher and the protocol) is timed once more, in this one process with nothing
-    else running, in a shuffled order so that no method's networks come first; each study's points
-    take those ratios, and the hypervolume and the reference table are computed again.
+    seed share the teacher and the protocol) is timed again, in this one process with nothing
+    else running, in ``--retime-passes`` passes, each in its own shuffled order so that no method's
+    networks come first and a slow minute of the machine falls on different networks in each pass;
+    a network's ratio is the median of its passes (with one pass, two timings of the same grid
+    studies an hour apart gave mean hypervolumes 0.010 apart, one seed's 0.030). Each study's points take those
+    ratios, and the hypervolume and the reference table are computed again.
     """
     torch.set_num_threads(1)
     for seed in seeds:
@@ -350,15 +353,17 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
             keys[method] = {t.number: t.user_attrs["latency_key"] for t in done}
             for t in done:
                 networks.setdefault(t.user_attrs["latency_key"], (url, name, t.number))
-        order = sorted(networks)
-        random.Random(seed).shuffle(order)
-        ratio: dict[str, float] = {}
-        for i, key in enumerate(order):
-            url, name, number = networks[key]
-            row = get_artifact(engine_for(url), name, number)
-            ratio[key] = measure(decode(row.data).module, base.bundle.deployed, example, spec=base.spec.latency).ratio
-            if (i + 1) % 50 == 0:
-                print(f"seed {seed}: {i + 1}/{len(order)} networks timed again", flush=True)
+        modules = {key: decode(get_artifact(engine_for(url), name, number).data).module
+                   for key, (url, name, number) in networks.items()}
+        timings: dict[str, list[float]] = {key: [] for key in networks}
+        for attempt in range(args.retime_passes):
+            order = sorted(networks)
+            random.Random(seed + 1000 * attempt).shuffle(order)
+            for key in order:
+                timings[key].append(measure(modules[key], base.bundle.deployed, example, spec=base.spec.latency).ratio)
+            print(f"seed {seed}: {len(order)} networks timed again (pass {attempt + 1} of {args.retime_passes})",
+                  flush=True)
+        ratio = {key: statistics.median(t) for key, t in timings.items()}
         for method, study in studies.items():
             own = points(study, teacher=base.teacher)
             again = [dataclasses.replace(p, latency_ratio=ratio[keys[method][p.number]]) for p in own]
@@ -367,6 +372,9 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
                 "hypervolume": hypervolume(again, teacher=base.teacher),
                 "networks": len(order),
                 "drift_median": statistics.median(drift),
+                "passes": args.retime_passes,
+                # How far apart the passes read one network: the noise left in this measure.
+                "spread_median": statistics.median((max(t) - min(t)) / ratio[k] for k, t in timings.items()),
                 "points": [dataclasses.asdict(p) for p in again] if method.startswith("auto") else [],
             }
 
@@ -397,6 +405,8 @@ def main() -> int:
                         help="studies run at once, one process (and thread) each; more than the cores left idle makes latency noisy")
     parser.add_argument("--no-retime", dest="retime", action="store_false",
                         help="skip timing every network once more, alone, after the studies (see retime())")
+    parser.add_argument("--retime-passes", type=int, default=3,
+                        help="passes over a seed's networks when they are timed again; each network takes the median")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -451,14 +461,18 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
                      f"{statistics.mean(r['seconds'] for r in by_seed.values()) / 60:.1f} | {', '.join(used) or '-'} |")
     retimed = all("retimed" in r for by_seed in results.values() for r in by_seed.values())
     if retimed:
-        lines += ["", "The same studies scored with one timing a network (every network of a seed timed once more after "
-                  "the studies, alone on the machine, in a shuffled order; see `retime()`):", "",
-                  "| method | hypervolume, mean | min | max | networks timed again, a seed | study's own ratio off by, median |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "The same studies scored with one timing a network (every network of a seed timed again after "
+                  "the studies, alone on the machine, in passes of a shuffled order, the median of the passes; "
+                  "see `retime()`):", "",
+                  "| method | hypervolume, mean | min | max | networks timed again, a seed | passes | "
+                  "passes apart, median | study's own ratio off by, median |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for method, by_seed in results.items():
             hv = [r["retimed"]["hypervolume"] for r in by_seed.values()]
             lines.append(f"| {method} | {statistics.mean(hv):.4f} | {min(hv):.4f} | {max(hv):.4f} | "
                          f"{statistics.mean(r['retimed']['networks'] for r in by_seed.values()):.0f} | "
+                         f"{min(r['retimed'].get('passes', 1) for r in by_seed.values())} | "
+                         f"{100 * statistics.median(r['retimed'].get('spread_median', 0.0) for r in by_seed.values()):.1f}% | "
                          f"{100 * statistics.median(r['retimed']['drift_median'] for r in by_seed.values()):.1f}% |")
     for method in (m for m in results if m.startswith("auto")):
         whose = "the default sampler's studies" if method == "auto" else f"the `{method}` studies"

@@ -17,7 +17,8 @@ Two kinds of move are there to beat a uniform reference:
   ``weights`` attribute (weights kept per layer, recorded by every trial).
 
 :func:`step_effects` is what the study has learnt so far: the mean accuracy change of each step
-over the moves that took it.
+over the moves that took it; :func:`predicted` expects a step not taken yet to do what the same
+kind of step did on other layers.
 """
 
 from __future__ import annotations
@@ -142,16 +143,26 @@ def bit_trades(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> li
     ]
 
 
+def _shrinks(step: Step) -> bool:
+    """Whether ``step`` makes the network smaller (see :data:`SHRINKS`)."""
+    name, old, new = step
+    return (new - old) * SHRINKS.get(name.partition(".")[0], 0) > 0
+
+
 def step_effects(trials: Sequence[FrozenTrial], *, objective: int) -> dict[Step, float]:
     """The mean change of objective ``objective`` (accuracy) that each step brought, over the moves that took it.
 
-    A move of two steps gives each half its change. A move stopped early (it fell far below the
-    accuracy budget) counts as having lost its parent's whole value.
+    A move of two steps (a trade: one layer up, one down) cannot tell its halves apart, so what it
+    lost goes to its shrinking step and what it gained to the other: fewer bits, more sparsity or a
+    narrower student do not make a network more accurate, more bits do not make it less, and a trade
+    whose down half breaks the network (a convolution at 2 bits) then counts against that layer
+    only. A move stopped early (it fell far below the accuracy budget) counts as having lost its
+    parent's whole value.
     """
     by_number = {t.number: t for t in trials}
     seen: dict[Step, list[float]] = defaultdict(list)
     for t in trials:
-        steps = t.user_attrs.get("local_steps")
+        steps = [tuple(step) for step in t.user_attrs.get("local_steps") or ()]
         parent = by_number.get(t.user_attrs.get("local_from"))
         if not steps or parent is None or parent.values is None:
             continue
@@ -161,11 +172,33 @@ def step_effects(trials: Sequence[FrozenTrial], *, objective: int) -> dict[Step,
             change = -parent.values[objective]
         else:
             continue
-        for name, old, new in steps:
-            seen[(name, old, new)].append(change / len(steps))
+        blamed = [step for step in steps if _shrinks(step) == (change < 0)] or steps
+        for step in blamed:
+            seen[step].append(change / len(blamed))
     return {step: statistics.fmean(changes) for step, changes in seen.items()}
 
 
+def _kind(step: Step) -> tuple:
+    # The same change of value in the same group (bits 4 -> 2, sparsity 0 -> 0.25) on any layer.
+    name, old, new = step
+    return name.partition(".")[0], old, new
+
+
 def predicted(move: Move, effects: Mapping[Step, float]) -> float:
-    """The accuracy change ``move`` is expected to bring: its steps' effects so far (0 where unknown)."""
-    return sum(effects.get(step, 0.0) for step in move.steps)
+    """The accuracy change ``move`` is expected to bring: the sum of its steps' effects so far.
+
+    A step the study has not taken yet is expected to do what the same kind of step (the same
+    group, from the same value to the same value) did on the other layers, on average; 0 where no
+    layer has taken one. One convolution broken at 2 bits then keeps the next moves off 2 bits
+    until something else has been tried.
+    """
+    kinds: dict[tuple, list[float]] = defaultdict(list)
+    for step, effect in effects.items():
+        kinds[_kind(step)].append(effect)
+    total = 0.0
+    for step in move.steps:
+        if step in effects:
+            total += effects[step]
+        elif _kind(step) in kinds:
+            total += statistics.fmean(kinds[_kind(step)])
+    return total
