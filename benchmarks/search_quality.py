@@ -63,8 +63,8 @@ import optuna
 import torch
 
 from squeeze.objectives import TrainingBudget, decode, load_task, measure, train_teacher
-from squeeze.search import Point, Teacher, hypervolume, load_spec, pareto_front
-from squeeze.search._pareto import dominates, hypervolume_history
+from squeeze.search import Point, Teacher, hypervolume, load_spec, pareto_front, references_beaten
+from squeeze.search._pareto import hypervolume_history
 from squeeze.search._api import _storing, prepare
 from squeeze.search._storage import engine_for, get_artifact
 from squeeze.search._study import (
@@ -491,22 +491,19 @@ def reference_table(by_seed: dict[int, dict], points_of) -> list[str]:
     lines = ["| seed | reference | reference point | dominated by |", "|---:|---|---|---|"]
     tally = {"references": 0, "dominated": 0, "searched": 0}
     for seed, r in by_seed.items():
-        pts = [Point(**p) for p in points_of(r)]
-        front = pareto_front(pts)
         teacher_bytes = r["teacher"]["size_bytes"]
         labels = {int(k): v for k, v in r["references"].items()}
         again = {int(k): v for k, v in r.get("same_policy", {}).items()}
         anchors = {int(k): v for k, v in r.get("anchors", {}).items()}
-        for ref in (p for p in pts if p.number in labels):
-            better = [p for p in front if dominates(p, ref)]
-            # A searched (per-layer) point is the claim; a uniform policy (a reference, an anchor,
-            # or a reference's plan drawn again) is said as such.
-            searched = [p for p in better if p.number not in labels and p.number not in again
-                        and p.number not in anchors]
-            best = min(searched or better, key=lambda p: p.size_bytes) if better else None
+        pts = [dataclasses.replace(Point(**p), reference=p["number"] in labels) for p in points_of(r)]
+        # A searched (per-layer) point is the claim; a uniform policy (a reference, an anchor, or a
+        # reference's plan drawn again) is said as such.
+        uniform = {*labels, *again, *anchors}
+        for ref, best in references_beaten(pts, prefer=lambda p: p.number not in uniform):
+            searched = best is not None and best.number not in uniform
             tally["references"] += 1
             tally["dominated"] += best is not None
-            tally["searched"] += bool(searched)
+            tally["searched"] += searched
             by = "none"
             if best is not None:
                 what = ("" if searched else " (a uniform reference)" if best.number in labels

@@ -16,7 +16,7 @@ differ by orders of magnitude between tasks, and absolute latency differs betwee
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,18 +145,22 @@ def pareto_front(points: Sequence[Point], *, feasible_only: bool = True) -> list
     return sorted(front, key=lambda p: (p.size_bytes, -p.accuracy, p.latency_ratio, p.number))
 
 
-def references_beaten(points: Sequence[Point]) -> list[tuple[Point, Point | None]]:
+def references_beaten(points: Sequence[Point], *,
+                      prefer: Callable[[Point], bool] | None = None) -> list[tuple[Point, Point | None]]:
     """Each uniform reference among ``points``, with the smallest feasible front point that dominates it, or None.
 
     This is what a study answers for someone who would otherwise set every layer alike: does
     the front hold a plan at least as good in all three objectives and better in one than the
     uniform policy? A reference that nothing dominates is still on the front (if feasible).
+    With ``prefer``, the smallest dominating point it accepts is named where there is one (for
+    example a per-layer plan rather than another uniform policy), else the smallest of all.
     """
     front = pareto_front(points)
     beaten = []
     for ref in (p for p in points if p.reference):
         better = [p for p in front if dominates(p, ref)]
-        beaten.append((ref, min(better, key=lambda p: (p.size_bytes, p.number)) if better else None))
+        preferred = [p for p in better if prefer(p)] if prefer is not None else []
+        beaten.append((ref, min(preferred or better, key=lambda p: (p.size_bytes, p.number)) if better else None))
     return beaten
 
 

@@ -93,6 +93,10 @@ def test_references_beaten_names_the_smallest_feasible_front_point_that_dominate
     beaten = references_beaten(refs + others)
     assert [(ref.number, by.number if by else None) for ref, by in beaten] == [(0, 3), (1, None), (4, None)]
     assert references_beaten(others) == []
+    # Reference 0 is dominated by reference 1 as well; preferring plans that are not references
+    # still names 3 (the smaller), and preferring references names 1.
+    assert references_beaten(refs + others, prefer=lambda p: not p.reference)[0][1].number == 3
+    assert references_beaten(refs + others, prefer=lambda p: p.reference)[0][1].number == 1
 
 
 def test_front_keeps_trade_offs_on_each_pair_of_axes():
