@@ -104,11 +104,14 @@ def test_auto_shrinks_a_reference_on_the_front_before_other_moves() -> None:
     trials = study.get_trials()
     moves = [t for t in trials if "local_from" in t.user_attrs]
     assert len(moves) == 10  # every trial after the 10 start-up ones
-    # The reference's six shrinking moves come first: the three that keep its network, then the rest.
+    # The reference's six shrinking moves come first. With nothing known, one that keeps its
+    # network; a bit step down then cost 4 and a sparsity step 2.5, so the other layers' sparsity
+    # steps go before their bit steps: a step not taken yet is expected to do what its kind did.
     assert all(t.user_attrs["local_from"] == 0 for t in moves[:6])
     changed = [next(k for k in t.params if t.params[k] != reference[k]) for t in moves[:6]]
-    assert sorted(changed[:3]) == [f"bits.l{i}" for i in layers]
-    assert sorted(changed[3:]) == [f"sparsity.l{i}" for i in layers]
+    assert changed[0].startswith("bits.") and changed[1].startswith("sparsity.")
+    assert sorted(changed[1:4]) == [f"sparsity.l{i}" for i in layers]
+    assert sorted([changed[0], *changed[4:]]) == [f"bits.l{i}" for i in layers]
     assert all(t.params[name] == (4 if name.startswith("bits") else 0.25) for t, name in zip(moves, changed))
     # With none left, moves go on from any front point.
     assert any(t.user_attrs["local_from"] != 0 for t in moves[6:])
@@ -187,3 +190,20 @@ def test_step_effects_learn_from_the_moves_so_far() -> None:
     effects = step_effects(study.get_trials(), objective=0)
     assert effects == pytest.approx({("bits.a", 4, 2): -0.1, ("bits.a", 4, 8): 0.05, ("bits.d", 4, 2): -0.25,
                                      ("sparsity.a", 0.0, 0.5): -0.9})
+
+
+def test_a_step_not_taken_yet_is_expected_to_do_what_its_kind_did() -> None:
+    from squeeze.search._local import Move, predicted
+
+    effects = {("bits.a", 4, 2): -0.1, ("bits.d", 4, 2): -0.3, ("bits.a", 4, 8): 0.05}
+
+    def move(*steps):
+        return Move(parent=0, steps=steps, params={})
+
+    assert predicted(move(("bits.a", 4, 2)), effects) == pytest.approx(-0.1)
+    # bits.e has not gone 4 -> 2; bits.a and bits.d did, and lost 0.2 on average.
+    assert predicted(move(("bits.e", 4, 2)), effects) == pytest.approx(-0.2)
+    assert predicted(move(("bits.e", 4, 8), ("bits.f", 4, 2)), effects) == pytest.approx(0.05 - 0.2)
+    # No layer has gone 8 -> 4, and sparsity is another kind: nothing is known.
+    assert predicted(move(("bits.e", 8, 4)), effects) == 0.0
+    assert predicted(move(("sparsity.e", 0.0, 0.25)), effects) == 0.0
