@@ -529,6 +529,7 @@ def draw_history(results: dict[str, dict[int, dict]], path: Path) -> None:
     # With one timing a network where the studies were timed again (the fair comparison, see retime()).
     retimed = all("retimed" in r for by_seed in results.values() for r in by_seed.values())
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    means = []
     for method, by_seed in results.items():
         runs = [h for r in by_seed.values() if (h := (r["retimed"] if retimed else r)["history"])]
         if not runs:
@@ -536,8 +537,14 @@ def draw_history(results: dict[str, dict[int, dict]], path: Path) -> None:
         n = max(len(h) for h in runs)
         padded = [h + [h[-1]] * (n - len(h)) for h in runs]
         mean = [statistics.mean(col) for col in zip(*padded)]
+        means.append(mean)
         ax.plot(range(1, n + 1), mean, label=method)
         ax.fill_between(range(1, n + 1), [min(c) for c in zip(*padded)], [max(c) for c in zip(*padded)], alpha=0.15)
+    if means:
+        # The first trials climb from 0; the methods differ in the last hundredths, so the axis starts
+        # where every method stands after ten trials.
+        low = min(m[min(9, len(m) - 1)] for m in means)
+        ax.set_ylim(low - 0.01, max(max(m) for m in means) + 0.01)
     ax.set_xlabel("completed trials")
     ax.set_ylabel("hypervolume (teacher-normalised)")
     ax.set_title("Search quality on MNIST: mean and range over seeds"
