@@ -371,7 +371,7 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
             results[method][seed]["retimed"] = {
                 "hypervolume": hypervolume(again, teacher=base.teacher),
                 "history": [h.hypervolume for h in hypervolume_history(again, teacher=base.teacher)],
-                "networks": len(order),
+                "networks": len(networks),
                 "drift_median": statistics.median(drift),
                 "passes": args.retime_passes,
                 # How far apart the passes read one network: the noise left in this measure.
@@ -416,6 +416,8 @@ def main() -> int:
     unknown = sorted(set(methods) - set(METHODS) - set(ABLATIONS))
     if unknown:
         parser.error(f"--methods must name methods of {[*METHODS, *ABLATIONS]}, but got {', '.join(unknown)}.")
+    if args.retime_passes < 1:
+        parser.error(f"--retime-passes must be at least 1 (--no-retime skips the retime), but got {args.retime_passes}.")
 
     started = time.perf_counter()
     for seed in seeds:
@@ -472,8 +474,8 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
             hv = [r["retimed"]["hypervolume"] for r in by_seed.values()]
             lines.append(f"| {method} | {statistics.mean(hv):.4f} | {min(hv):.4f} | {max(hv):.4f} | "
                          f"{statistics.mean(r['retimed']['networks'] for r in by_seed.values()):.0f} | "
-                         f"{min(r['retimed'].get('passes', 1) for r in by_seed.values())} | "
-                         f"{100 * statistics.median(r['retimed'].get('spread_median', 0.0) for r in by_seed.values()):.1f}% | "
+                         f"{min(r['retimed']['passes'] for r in by_seed.values())} | "
+                         f"{100 * statistics.median(r['retimed']['spread_median'] for r in by_seed.values()):.1f}% | "
                          f"{100 * statistics.median(r['retimed']['drift_median'] for r in by_seed.values()):.1f}% |")
     for method in (m for m in results if m.startswith("auto")):
         whose = "the default sampler's studies" if method == "auto" else f"the `{method}` studies"
