@@ -23,7 +23,6 @@ kind of step did on other layers.
 
 from __future__ import annotations
 
-import random
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -85,10 +84,6 @@ def neighbour(dist: BaseDistribution, value: Any, direction: int) -> Any:
     return None
 
 
-def random_step(dist: BaseDistribution, value: Any, rng: random.Random) -> Any:
-    """A neighbour of ``value`` in ``dist``, up or down at random; None where there is none."""
-    near = [v for v in (neighbour(dist, value, -1), neighbour(dist, value, 1)) if v is not None]
-    return rng.choice(near) if near else None
 
 
 SHRINKS = {"bits": -1, "sparsity": 1, "student": -1}
@@ -116,6 +111,23 @@ def shrinking(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> lis
         if value is not None:
             same = group == "bits" and params[name] <= 8
             moves.append(make_move(parent, space, [(name, params[name], value)], same_network=same))
+    return moves
+
+
+def one_steps(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> list[Move]:
+    """Every move of ``parent`` that takes one parameter one step up or down.
+
+    Bit-widths are left alone in a plan that runs every layer in float, where they change nothing.
+    """
+    params = parent.params
+    moves = []
+    for name in sorted(space):
+        if name.partition(".")[0] == "bits" and not _bits_moved(params):
+            continue
+        for direction in (-1, 1):
+            value = neighbour(space[name], params[name], direction)
+            if value is not None:
+                moves.append(make_move(parent, space, [(name, params[name], value)]))
     return moves
 
 

@@ -201,6 +201,33 @@ def hypervolume(points: Sequence[Point], *, teacher: Teacher) -> float:
     return float(compute_hypervolume(inside, reference))
 
 
+def contributions(points: Sequence[Point], *, teacher: Teacher) -> list[float]:
+    """The hypervolume each point holds alone: the whole minus the hypervolume without it, in ``points``' order.
+
+    A point that another dominates, an infeasible one, one outside the box, and each of two
+    points with the same values hold none. The hypervolume indicator of SMS-EMOA ranks a
+    population by this; ``auto`` moves the front points that hold the most of it.
+    """
+    reference = np.asarray(reference_point(teacher), dtype=float)
+    losses = _losses(points, teacher)
+    counted = np.array([p.feasible for p in points], dtype=bool).reshape(-1)
+    counted &= np.all(losses <= reference, axis=1)
+
+    def volume(mask: np.ndarray) -> float:
+        return float(compute_hypervolume(losses[mask], reference)) if mask.any() else 0.0
+
+    whole = volume(counted)
+    shares = []
+    for i in range(len(points)):
+        if not counted[i]:
+            shares.append(0.0)
+            continue
+        without = counted.copy()
+        without[i] = False
+        shares.append(max(0.0, whole - volume(without)))
+    return shares
+
+
 def hypervolume_history(points: Sequence[Point], *, teacher: Teacher) -> list[HypervolumeSample]:
     """The hypervolume after each completed trial, in the order the trials finished.
 

@@ -9,7 +9,8 @@ random draws in the whole space: the study enqueues, after the uniform reference
 spread over the student widths and sparsities (see ``_opening.anchor_params``), so that the model
 starts from the axis along which uniform policies trade accuracy for size and speed, and searches
 per-layer departures from it. After the start-up phase, half of its trials are local moves: one
-parameter of a feasible front point moved one step, and first, while a uniform reference is still
+parameter of a feasible front point moved one step (a point is picked by the hypervolume it
+alone holds, see ``_parent_weights``), and first, while a uniform reference is still
 on the front, moves that make it smaller: a step down, or bits traded between its layers (see
 ``AutoSampler`` and ``_local``). Every trial records the
 sampler's own time as the user attribute ``sampler_ms`` and the sampler that proposed it as ``sampler``.
@@ -32,7 +33,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from squeeze.spaces import SqueezeError
 
-from ._local import Move, bit_trades, key, make_move, predicted, random_step, shrinking, step_effects
+from ._local import Move, bit_trades, key, one_steps, predicted, shrinking, step_effects
+from ._pareto import Point, Teacher, contributions
 
 
 def _tpe(seed: int, trials: int) -> BaseSampler:
@@ -73,6 +75,24 @@ def make_sampler(name: str, *, seed: int, trials: int) -> BaseSampler:
     except KeyError:
         raise SqueezeError(f"`study.sampler` must be one of {list_samplers()}, but got {name!r}.") from None
     return TimedSampler(factory(seed, trials), name=name)
+
+
+def _parent_weights(study: Study, front: Sequence[FrozenTrial], tries: Counter) -> list[float] | None:
+    """How likely each front point is to be the next move's parent; None for all alike.
+
+    In a study of squeeze's three objectives with a known teacher, a point's weight is the
+    hypervolume it alone holds (see ``squeeze.search._pareto.contributions``: the study's own
+    measure) over one plus the moves it has had: a move from the point that holds the most of the
+    front can add the most, and one moved often without being replaced gives way to the next.
+    """
+    attrs = study.user_attrs
+    if attrs.get("objectives") != ["accuracy", "size_bytes", "latency_ratio"] or not attrs.get("teacher_bytes"):
+        return None
+    teacher = Teacher(accuracy=attrs.get("teacher_accuracy", 1.0), size_bytes=attrs["teacher_bytes"])
+    points = [Point(number=t.number, accuracy=t.values[0], size_bytes=int(t.values[1]), latency_ratio=t.values[2])
+              for t in front]
+    weights = [share / (1 + tries[t.number]) for t, share in zip(front, contributions(points, teacher=teacher))]
+    return weights if sum(weights) > 0 else None
 
 
 class TimedSampler(BaseSampler):
@@ -131,7 +151,8 @@ class AutoSampler(TimedSampler):
 
     After the start-up trials, a share ``local`` of the trials are local moves instead: one
     parameter of a point on the feasible front, moved one step (the next bit-width, sparsity or
-    width up or down; a plan not tried yet). Trials of a study share one training seed, so a move's
+    width up or down; a plan not tried yet). The point is drawn by the hypervolume it alone holds,
+    over one plus the moves it has had (see ``_parent_weights``). Trials of a study share one training seed, so a move's
     difference from its parent is the move's own, and a front point whose neighbour is better in
     one objective and no worse in the others is replaced; model-based proposals alone seldom come
     back to a front point's exact network. While a uniform reference is on the front, the moves
@@ -175,22 +196,23 @@ class AutoSampler(TimedSampler):
         if not front:
             return None
         tried = {key(t.params) for t in trials if t.state != TrialState.FAIL}
-        refined = self._refine_reference(study, trials, front, space, tried)
+        tries = Counter(t.user_attrs.get("local_from") for t in trials)
+        tries.update(move.parent for move in self._moves.values())
+        refined = self._refine_reference(study, trials, front, space, tried, tries)
         if refined is not None:
             return refined
-        for _ in range(20):
-            parent = self._rng.choice(front)
-            name = self._rng.choice(sorted(space))
-            value = random_step(space[name], parent.params[name], self._rng)
-            if value is None:
-                continue
-            move = make_move(parent, space, [(name, parent.params[name], value)])
-            if key(move.params) not in tried:
-                return move
+        pool = list(zip(front, _parent_weights(study, front, tries) or [1.0] * len(front)))
+        while pool:
+            weights = [w for _, w in pool]
+            i = self._rng.choices(range(len(pool)), weights)[0] if sum(weights) > 0 else self._rng.randrange(len(pool))
+            parent, _ = pool.pop(i)
+            fresh = [m for m in one_steps(space, parent) if key(m.params) not in tried]
+            if fresh:
+                return self._rng.choice(fresh)
         return None
 
     def _refine_reference(self, study: Study, trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial],
-                          space: dict[str, BaseDistribution], tried: set[tuple]) -> Move | None:
+                          space: dict[str, BaseDistribution], tried: set[tuple], tries: Counter) -> Move | None:
         """A move that makes a uniform reference still on the front smaller, or None.
 
         References go first, the least tried first, each at most ``refine`` times (a reference no
@@ -204,8 +226,6 @@ class AutoSampler(TimedSampler):
         references = [t for t in front if "reference" in t.user_attrs]
         if not references:
             return None
-        tries = Counter(t.user_attrs.get("local_from") for t in trials)
-        tries.update(move.parent for move in self._moves.values())
         accuracy = next((i for i, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE), None)
         effects = {} if accuracy is None else step_effects(trials, objective=accuracy)
         for parent in sorted(references, key=lambda t: (tries[t.number], t.number)):

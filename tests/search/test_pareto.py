@@ -12,6 +12,7 @@ from squeeze.search._pareto import (
     HypervolumeSample,
     Point,
     Teacher,
+    contributions,
     front_data,
     hypervolume,
     hypervolume_history,
@@ -228,3 +229,27 @@ def test_point_refuses_values_outside_their_range(kwargs, match):
 def test_teacher_needs_a_positive_size():
     with pytest.raises(ValueError, match="size_bytes"):
         Teacher(accuracy=0.9, size_bytes=0)
+
+
+def test_contribution_is_the_hypervolume_a_point_alone_holds():
+    ref = reference_point(TEACHER)
+    points = [_pt(0, 0.9, 500, 1.0), _pt(1, 0.8, 200, 0.5), _pt(2, 0.5, 100, 0.4), _pt(3, 0.5, 100, 0.4)]
+    alone = contributions(points, teacher=TEACHER)
+    total = hypervolume(points, teacher=TEACHER)
+    for i, share in enumerate(alone):
+        rest = points[:i] + points[i + 1 :]
+        assert share == pytest.approx(total - hypervolume(rest, teacher=TEACHER))
+    # Two points with the same values share their volume: neither holds any of it alone.
+    assert alone[2] == alone[3] == 0.0
+    assert alone[0] > 0 and alone[1] > 0
+    # A point alone holds its whole box.
+    (only,) = contributions([points[1]], teacher=TEACHER)
+    assert only == pytest.approx((ref[0] - 0.2) * (ref[1] - 0.2) * (ref[2] - 0.5))
+
+
+def test_contribution_of_a_dominated_infeasible_or_out_of_box_point_is_zero():
+    points = [_pt(0, 0.9, 100, 0.5), _pt(1, 0.8, 200, 0.6), _pt(2, 0.95, 50, 0.4, feasible=False),
+              _pt(3, 0.99, 5000, 0.1)]
+    alone = contributions(points, teacher=TEACHER)
+    assert alone[0] > 0 and alone[1:] == [0.0, 0.0, 0.0]
+    assert contributions([], teacher=TEACHER) == []
