@@ -152,9 +152,9 @@ class AutoSampler(TimedSampler):
     After the start-up trials, a share ``local`` of the trials are local moves instead: one
     parameter of a point on the feasible front, moved one step (the next bit-width, sparsity or
     width up or down; a plan not tried yet). The point is drawn by the hypervolume it alone holds,
-    over one plus the moves it has had (see ``_parent_weights``). Trials of a study share one training seed, so a move's
-    difference from its parent is the move's own, and a front point whose neighbour is better in
-    one objective and no worse in the others is replaced; model-based proposals alone seldom come
+    over one plus the moves it has had (see ``_parent_weights``). Trials of a study share one
+    training seed, so a move's difference from its parent is the move's own, and a front point
+    whose neighbour is better in one objective and no worse in the others is replaced; model-based proposals alone seldom come
     back to a front point's exact network. While a uniform reference is on the front, the moves
     go to it (at most ``refine`` a reference), and only ones that make it smaller: the study is
     there to beat the policies a person tries first. Such a trial records ``local_from`` (the
