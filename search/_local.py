@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -84,8 +84,6 @@ def neighbour(dist: BaseDistribution, value: Any, direction: int) -> Any:
     return None
 
 
-
-
 SHRINKS = {"bits": -1, "sparsity": 1, "student": -1}
 """Which way each parameter group makes a network smaller: fewer bits, more sparsity, a narrower or shallower student."""
 
@@ -93,25 +91,6 @@ SHRINKS = {"bits": -1, "sparsity": 1, "student": -1}
 def _bits_moved(params: Mapping[str, Any]) -> bool:
     # Bit-widths mean nothing in a plan whose ``precision`` is ``"float"``.
     return params.get("precision") != "float"
-
-
-def shrinking(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> list[Move]:
-    """One-step moves of ``parent`` that make its network smaller.
-
-    A move keeps the network when it lowers an int8 layer's bit-width (weights below 8 bits run on
-    the same int8 kernels, see ``squeeze.objectives.latency_key``).
-    """
-    params = parent.params
-    moves = []
-    for name in sorted(space):
-        group = name.partition(".")[0]
-        if group not in SHRINKS or (group == "bits" and not _bits_moved(params)):
-            continue
-        value = neighbour(space[name], params[name], SHRINKS[group])
-        if value is not None:
-            same = group == "bits" and params[name] <= 8
-            moves.append(make_move(parent, space, [(name, params[name], value)], same_network=same))
-    return moves
 
 
 def one_steps(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> list[Move]:
@@ -128,6 +107,21 @@ def one_steps(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> lis
             value = neighbour(space[name], params[name], direction)
             if value is not None:
                 moves.append(make_move(parent, space, [(name, params[name], value)]))
+    return moves
+
+
+def shrinking(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> list[Move]:
+    """One-step moves of ``parent`` that make its network smaller (see :data:`SHRINKS`).
+
+    A move keeps the network when it lowers an int8 layer's bit-width (weights below 8 bits run on
+    the same int8 kernels, see ``squeeze.objectives.latency_key``).
+    """
+    moves = []
+    for move in one_steps(space, parent):
+        (step,) = move.steps
+        if _shrinks(step):
+            name, old, _ = step
+            moves.append(replace(move, same_network=name.partition(".")[0] == "bits" and old <= 8))
     return moves
 
 
