@@ -4,7 +4,8 @@ A move is one or two steps (a parameter from one value to the next in its order)
 them after its start-up trials (see ``AutoSampler``): trials of a study share one training seed,
 so the difference between a move and its parent is the move's own, and the study learns from it.
 Every move trial records its parent (``local_from``), its steps (``local_steps``: a list of
-``[parameter, from, to]``) and a line for people (``local_move``).
+``[parameter, from, to]``), a line for people (``local_move``) and whether it moved a uniform
+reference or any front point (``local_kind``: ``"reference"`` or ``"front"``).
 
 Two kinds of move are there to beat a uniform reference:
 
@@ -45,6 +46,8 @@ class Move:
     params: dict[str, Any]
     same_network: bool = False
     """True when the moved plan runs the parent's network (bit-widths moved among int8 layers only)."""
+    kind: str = "front"
+    """``"front"`` for a move of any front point, ``"reference"`` for one that makes a uniform reference smaller."""
 
     @property
     def label(self) -> str:

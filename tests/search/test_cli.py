@@ -177,9 +177,10 @@ def test_status_says_where_an_auto_studys_trials_came_from(tiny_study, capfd) ->
     study = optuna.load_study(study_name="opened", storage=f"sqlite:///{path.parent / 'studies.db'}")
     finished = [t for t in study.get_trials() if t.state.is_finished()]
     moves = sum(1 for t in finished if "local_from" in t.user_attrs)
+    refined = sum(1 for t in finished if t.user_attrs.get("local_kind") == "reference")
     assert sum(1 for t in finished if "reference" in t.user_attrs) == 4
     assert sum(1 for t in finished if "anchor" in t.user_attrs) == 1
     code, out, _ = _cli(capfd, "status", str(path))
     assert code == 0
-    assert re.search(rf"trials from\s+│?\s*references 4, anchors 1, local moves {moves};", out), out
+    assert re.search(rf"trials from\s+│?\s*references 4, anchors 1, local moves {moves} \({refined} of references\);", out), out
     assert re.search(r"references beaten\s+│?\s*[0-4] of 4", out), out

@@ -94,17 +94,19 @@ def _peaked_objective(trial: optuna.Trial) -> tuple[float, float, float]:
     return accuracy, size, sum(1 - s for s in sparsity) + sum(b > 8 for b in bits)
 
 
-def test_auto_shrinks_a_reference_on_the_front_before_other_moves() -> None:
+def test_auto_shrinks_a_reference_on_the_front_in_its_turns() -> None:
     layers = range(3)
-    sampler = AutoSampler(seed=0, trials=40, local=1.0)
+    # Every turn is the references' while one has moves left, the model's after.
+    sampler = AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     reference = {f"bits.l{i}": 8 for i in layers} | {f"sparsity.l{i}": 0.0 for i in layers}
     study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
     study.optimize(_peaked_objective, n_trials=20)
     trials = study.get_trials()
     moves = [t for t in trials if "local_from" in t.user_attrs]
-    assert len(moves) == 10  # every trial after the 10 start-up ones
-    # The reference's six shrinking moves come first. With nothing known, one that keeps its
+    assert len(moves) == 6 and trials[10:16] == moves  # the trials right after the 10 start-up ones
+    assert {t.user_attrs["local_kind"] for t in moves} == {"reference"}
+    # The reference's six shrinking moves, in this order. With nothing known, one that keeps its
     # network; a bit step down then cost 4 and a sparsity step 2.5, so the other layers' sparsity
     # steps go before their bit steps: a step not taken yet is expected to do what its kind did.
     assert all(t.user_attrs["local_from"] == 0 for t in moves[:6])
@@ -113,22 +115,40 @@ def test_auto_shrinks_a_reference_on_the_front_before_other_moves() -> None:
     assert sorted(changed[1:4]) == [f"sparsity.l{i}" for i in layers]
     assert sorted([changed[0], *changed[4:]]) == [f"bits.l{i}" for i in layers]
     assert all(t.params[name] == (4 if name.startswith("bits") else 0.25) for t, name in zip(moves, changed))
-    # With none left, moves go on from any front point.
-    assert any(t.user_attrs["local_from"] != 0 for t in moves[6:])
+    # With none left, the turns are the model's again.
+    assert not any("local_from" in t.user_attrs for t in trials[16:])
 
 
 def test_auto_caps_the_moves_a_reference_gets() -> None:
-    # The reference has six shrinking moves and none beats it; it gets three.
-    sampler = AutoSampler(seed=0, trials=40, local=1.0, refine=3)
+    # The reference has six shrinking moves and none beats it; it gets three (uncapped, it would
+    # take the next three turns too).
+    sampler = AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0, refine=3)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
     study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
     study.optimize(_peaked_objective, n_trials=20)
     moves = [t for t in study.get_trials() if "local_from" in t.user_attrs]
-    assert len(moves) == 10 and [t.user_attrs["local_from"] for t in moves[:3]] == [0, 0, 0]
-    # After them, the reference is a parent only as often as any front point is (uncapped, it
-    # would take the next three moves too).
-    assert [t.user_attrs["local_from"] for t in moves[3:6]] != [0, 0, 0]
+    assert [t.user_attrs["local_from"] for t in moves] == [0, 0, 0]
+
+
+def test_reference_moves_take_the_models_turns_and_leave_the_fronts_moves_alone() -> None:
+    reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
+
+    def kinds(**options) -> list[str]:
+        sampler = AutoSampler(seed=0, trials=40, **options)
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
+        study.optimize(_peaked_objective, n_trials=40)
+        return [t.user_attrs.get("local_kind", "model") for t in study.get_trials()[10:]]
+
+    default, none = kinds(), kinds(refine=0)
+    # The unbeaten reference gets its moves (six in all, one of them a front move that drew it);
+    # without them those turns are the model's, and the front's moves take their half of the
+    # trials either way.
+    refined = default.count("reference")
+    assert refined == 5 and none.count("reference") == 0
+    assert default.count("front") == none.count("front") and 10 <= default.count("front") <= 20
+    assert default.count("model") == none.count("model") - refined
 
 
 WEIGHTS = {"l0": 10, "l1": 100, "l2": 200, "l3": 400, "l4": 1000}
@@ -145,7 +165,7 @@ def _traded_objective(trial: optuna.Trial) -> tuple[float, float, float]:
 
 
 def test_auto_trades_bits_between_a_references_layers_where_the_bytes_fall() -> None:
-    sampler = AutoSampler(seed=0, trials=20, local=1.0)  # 5 start-up trials
+    sampler = AutoSampler(seed=0, trials=20, local=0.0, refine_share=1.0)  # 5 start-up trials
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     reference = {f"bits.{layer}": 4 for layer in WEIGHTS}
     study.enqueue_trial(reference, user_attrs={"reference": "uniform 4-bit"})
