@@ -235,7 +235,8 @@ def status(target: Target) -> Status:
         stopped_early=len(stopped), saved_s=sum(float(t.user_attrs.get("saved_s", 0.0)) for t in stopped),
         latency_timed=len(measured) - reused, latency_reused=reused,
         references_beaten=tuple((ref.number, by.number if by else None) for ref, by in references_beaten(pts)),
-        reference_moves=sum(1 for t in trials if t.state.is_finished() and t.user_attrs.get("local_kind") == "reference"),
+        reference_moves=sum(1 for t in trials
+                            if t.state.is_finished() and t.user_attrs.get("local_kind") == "reference"),
         **{key: sum(1 for t in trials if t.state.is_finished() and attr in t.user_attrs)
            for key, attr in (("references", "reference"), ("anchors", "anchor"), ("local_moves", "local_from"))},
     )

@@ -172,7 +172,8 @@ class AutoSampler(TimedSampler):
     def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10, local: float = 0.5,
                  refine_share: float = 0.5, refine: int = 6) -> None:
         if not (0.0 <= local <= 1.0 and 0.0 <= refine_share <= 1.0):
-            raise ValueError(f"`local` and `refine_share` are shares and must be in [0, 1], but got ({local=}, {refine_share=}).")
+            raise ValueError(f"`local` and `refine_share` are shares and must be in [0, 1], "
+                             f"but got ({local=}, {refine_share=}).")
         super().__init__(_tpe(seed, trials), name="tpe")
         self._seed = seed
         self._trials = trials

@@ -182,5 +182,6 @@ def test_status_says_where_an_auto_studys_trials_came_from(tiny_study, capfd) ->
     assert sum(1 for t in finished if "anchor" in t.user_attrs) == 1
     code, out, _ = _cli(capfd, "status", str(path))
     assert code == 0
-    assert re.search(rf"trials from\s+│?\s*references 4, anchors 1, local moves {moves} \({refined} of references\);", out), out
+    assert re.search(rf"trials from\s+│?\s*references 4, anchors 1, local moves {moves} "
+                     rf"\({refined} of references\);", out), out
     assert re.search(r"references beaten\s+│?\s*[0-4] of 4", out), out
