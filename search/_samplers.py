@@ -10,8 +10,8 @@ spread over the student widths and sparsities (see ``_opening.anchor_params``), 
 starts from the axis along which uniform policies trade accuracy for size and speed, and searches
 per-layer departures from it. After the start-up phase, half of its trials are local moves: one
 parameter of a feasible front point moved one step (a point is picked by the hypervolume it
-alone holds, see ``_parent_weights``). While a uniform reference is still on the front, half of
-the model's turns (a quarter of the trials) go to moves that make a reference smaller instead: a
+alone holds, see ``_parent_weights``). While a uniform reference is still on the front, three in
+four of the model's turns (three in eight trials) go to moves that make a reference smaller instead: a
 step down, or bits traded between its layers (see ``AutoSampler`` and ``_local``). Every trial
 records the sampler's own time as the user attribute ``sampler_ms`` and the sampler that proposed
 it as ``sampler``.
@@ -156,21 +156,23 @@ class AutoSampler(TimedSampler):
     width up or down; a plan not tried yet). The point is drawn by the hypervolume it alone holds,
     over one plus the moves it has had (see ``_parent_weights``). Trials of a study share one
     training seed, so a move's difference from its parent is the move's own, and a front point
-    whose neighbour is better in one objective and no worse in the others is replaced; model-based proposals alone seldom come
-    back to a front point's exact network. A share ``refine_share`` of the model's turns (half: a
-    quarter of the trials) are moves of a uniform reference still on the front instead (at most
-    ``refine`` a reference), and only ones that make it smaller: the study is there to beat the
-    policies a person tries first. They come out of the model's turns and not the front's moves
-    because the front's moves carry the hypervolume: where the references sit far from the fast
-    end of the front (a machine on which int8 kernels are no faster than float), moves spent on them
-    instead of on the front cost one run of the search-quality benchmark 0.095 of mean hypervolume
-    (2.2902 against 2.3851 without reference moves). Once no reference is
-    left to move, those turns are the model's again. Such a trial records ``local_from`` (the
-    parent trial), ``local_steps`` and ``local_move`` (see ``squeeze.search._local``).
+    whose neighbour is better in one objective and no worse in the others is replaced;
+    model-based proposals alone seldom come back to a front point's exact network.
+
+    While a uniform reference is still on the front, a share ``refine_share`` of the model's turns
+    (three in four: three trials in eight) are moves that make a reference smaller instead, at most
+    ``refine`` a reference (front moves that drew it as their parent do not count): the study is
+    there to beat the policies a person tries first. They come out of the model's turns, not the
+    front's moves, because the front's moves carry the hypervolume: where the references sit far
+    from the fast end of the front (a machine on which int8 kernels are no faster than float), the
+    moves they took from the front cost one run of the search-quality benchmark 0.095 of mean
+    hypervolume (2.2902 against 2.3851 without reference moves). Once no reference is left to
+    move, the model has its turns again. A move records ``local_from`` (the parent trial),
+    ``local_steps``, ``local_move`` and ``local_kind`` (see ``squeeze.search._local``).
     """
 
     def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10, local: float = 0.5,
-                 refine_share: float = 0.5, refine: int = 6) -> None:
+                 refine_share: float = 0.75, refine: int = 6) -> None:
         if not (0.0 <= local <= 1.0 and 0.0 <= refine_share <= 1.0):
             raise ValueError(f"`local` and `refine_share` are shares and must be in [0, 1], "
                              f"but got ({local=}, {refine_share=}).")
@@ -216,11 +218,17 @@ class AutoSampler(TimedSampler):
         if not front:
             return None
         tried = {key(t.params) for t in trials if t.state != TrialState.FAIL}
+        if references:
+            # A reference's budget counts its own turns' moves, not the front moves that drew it as a
+            # parent (the most accurate reference holds much of the front and is drawn often).
+            # A move recorded before moves had kinds counts as the reference's.
+            refined = Counter(t.user_attrs.get("local_from") for t in trials
+                              if t.user_attrs.get("local_kind", "reference") == "reference")
+            refined.update(move.parent for move in self._moves.values() if move.kind == "reference")
+            move = self._refine_reference(study, trials, front, space, tried, refined)
+            return None if move is None else replace(move, kind="reference")
         tries = Counter(t.user_attrs.get("local_from") for t in trials)
         tries.update(move.parent for move in self._moves.values())
-        if references:
-            refined = self._refine_reference(study, trials, front, space, tried, tries)
-            return None if refined is None else replace(refined, kind="reference")
         pool = list(zip(front, _parent_weights(study, front, tries) or [1.0] * len(front)))
         while pool:
             weights = [w for _, w in pool]
@@ -232,7 +240,7 @@ class AutoSampler(TimedSampler):
         return None
 
     def _refine_reference(self, study: Study, trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial],
-                          space: dict[str, BaseDistribution], tried: set[tuple], tries: Counter) -> Move | None:
+                          space: dict[str, BaseDistribution], tried: set[tuple], refined: Counter) -> Move | None:
         """A move that makes a uniform reference still on the front smaller, or None.
 
         The least tried reference first, each at most ``refine`` times (a reference no move beats
@@ -248,8 +256,8 @@ class AutoSampler(TimedSampler):
             return None
         accuracy = next((i for i, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE), None)
         effects = {} if accuracy is None else step_effects(trials, objective=accuracy)
-        for parent in sorted(references, key=lambda t: (tries[t.number], t.number)):
-            if tries[parent.number] >= self._refine:
+        for parent in sorted(references, key=lambda t: (refined[t.number], t.number)):
+            if refined[parent.number] >= self._refine:
                 continue
             fresh = [m for m in shrinking(space, parent) + bit_trades(space, parent) if key(m.params) not in tried]
             if fresh:

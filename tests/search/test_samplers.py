@@ -131,6 +131,18 @@ def test_auto_caps_the_moves_a_reference_gets() -> None:
     assert [t.user_attrs["local_from"] for t in moves] == [0, 0, 0]
 
 
+def test_front_moves_that_draw_a_reference_leave_its_own_moves_alone() -> None:
+    sampler = AutoSampler(seed=0, trials=40, local=0.5, refine_share=1.0, refine=3)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
+    study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
+    study.optimize(_peaked_objective, n_trials=30)
+    from_reference = [t.user_attrs["local_kind"] for t in study.get_trials() if t.user_attrs.get("local_from") == 0]
+    # The first move after the start-up trials is a front move that drew the reference; it still
+    # gets its three moves.
+    assert from_reference[0] == "front" and from_reference.count("reference") == 3
+
+
 def test_reference_moves_take_the_models_turns_and_leave_the_fronts_moves_alone() -> None:
     reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
 
