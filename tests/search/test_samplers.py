@@ -94,15 +94,23 @@ def _peaked_objective(trial: optuna.Trial) -> tuple[float, float, float]:
     return accuracy, size, sum(1 - s for s in sparsity) + sum(b > 8 for b in bits)
 
 
+_REFERENCE = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
+"""The uniform 8-bit plan of ``_peaked_objective``: no move beats it."""
+
+
+def _unbeaten(n_trials: int, **options) -> list[optuna.trial.FrozenTrial]:
+    """The trials of a study that opens with :data:`_REFERENCE`, under ``AutoSampler(seed=0, trials=40, **options)``."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=AutoSampler(seed=0, trials=40, **options))
+    study.enqueue_trial(_REFERENCE, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
+    study.optimize(_peaked_objective, n_trials=n_trials)
+    return study.get_trials()
+
+
 def test_auto_shrinks_a_reference_on_the_front_in_its_turns() -> None:
     layers = range(3)
     # Every turn is the references' while one has moves left, the model's after.
-    sampler = AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0)
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-    reference = {f"bits.l{i}": 8 for i in layers} | {f"sparsity.l{i}": 0.0 for i in layers}
-    study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
-    study.optimize(_peaked_objective, n_trials=20)
-    trials = study.get_trials()
+    trials = _unbeaten(20, local=0.0, refine_share=1.0)
     moves = [t for t in trials if "local_from" in t.user_attrs]
     assert len(moves) == 6 and trials[10:16] == moves  # the trials right after the 10 start-up ones
     assert {t.user_attrs["local_kind"] for t in moves} == {"reference"}
@@ -110,7 +118,7 @@ def test_auto_shrinks_a_reference_on_the_front_in_its_turns() -> None:
     # network; a bit step down then cost 4 and a sparsity step 2.5, so the other layers' sparsity
     # steps go before their bit steps: a step not taken yet is expected to do what its kind did.
     assert all(t.user_attrs["local_from"] == 0 for t in moves[:6])
-    changed = [next(k for k in t.params if t.params[k] != reference[k]) for t in moves[:6]]
+    changed = [next(k for k in t.params if t.params[k] != _REFERENCE[k]) for t in moves[:6]]
     assert changed[0].startswith("bits.") and changed[1].startswith("sparsity.")
     assert sorted(changed[1:4]) == [f"sparsity.l{i}" for i in layers]
     assert sorted([changed[0], *changed[4:]]) == [f"bits.l{i}" for i in layers]
@@ -122,36 +130,21 @@ def test_auto_shrinks_a_reference_on_the_front_in_its_turns() -> None:
 def test_auto_caps_the_moves_a_reference_gets() -> None:
     # The reference has six shrinking moves and none beats it; it gets three (uncapped, it would
     # take the next three turns too).
-    sampler = AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0, refine=3)
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-    reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
-    study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
-    study.optimize(_peaked_objective, n_trials=20)
-    moves = [t for t in study.get_trials() if "local_from" in t.user_attrs]
+    moves = [t for t in _unbeaten(20, local=0.0, refine_share=1.0, refine=3) if "local_from" in t.user_attrs]
     assert [t.user_attrs["local_from"] for t in moves] == [0, 0, 0]
 
 
 def test_front_moves_that_draw_a_reference_leave_its_own_moves_alone() -> None:
-    sampler = AutoSampler(seed=0, trials=40, local=0.5, refine_share=1.0, refine=3)
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-    reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
-    study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
-    study.optimize(_peaked_objective, n_trials=30)
-    from_reference = [t.user_attrs["local_kind"] for t in study.get_trials() if t.user_attrs.get("local_from") == 0]
+    trials = _unbeaten(30, local=0.5, refine_share=1.0, refine=3)
+    from_reference = [t.user_attrs["local_kind"] for t in trials if t.user_attrs.get("local_from") == 0]
     # The first move after the start-up trials is a front move that drew the reference; it still
     # gets its three moves.
     assert from_reference[0] == "front" and from_reference.count("reference") == 3
 
 
 def test_reference_moves_take_the_models_turns_and_leave_the_fronts_moves_alone() -> None:
-    reference = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
-
     def kinds(**options) -> list[str]:
-        sampler = AutoSampler(seed=0, trials=40, **options)
-        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-        study.enqueue_trial(reference, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
-        study.optimize(_peaked_objective, n_trials=40)
-        return [t.user_attrs.get("local_kind", "model") for t in study.get_trials()[10:]]
+        return [t.user_attrs.get("local_kind", "model") for t in _unbeaten(40, **options)[10:]]
 
     default, none = kinds(), kinds(refine=0)
     # The unbeaten reference gets its moves (six in all, one of them a front move that drew it);
