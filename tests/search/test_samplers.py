@@ -99,7 +99,7 @@ _REFERENCE = {f"bits.l{i}": 8 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i 
 
 
 def _unbeaten(n_trials: int, **options) -> list[optuna.trial.FrozenTrial]:
-    """The trials of a study that opens with :data:`_REFERENCE`, under ``AutoSampler(seed=0, trials=40, **options)``."""
+    """The trials of a study that opens with :data:`_REFERENCE`, sampled by ``AutoSampler(seed=0, trials=40)``."""
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
                                 sampler=AutoSampler(seed=0, trials=40, **options))
     study.enqueue_trial(_REFERENCE, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
