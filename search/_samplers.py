@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from squeeze.spaces import SqueezeError
 
-from ._local import Move, bit_trades, key, one_steps, predicted, shrinking, step_effects
+from ._local import Move, bit_trades, key, latency_effects, one_steps, predicted, shrinking, step_effects
 from ._pareto import Point, Teacher, contributions
 
 
@@ -161,7 +161,8 @@ class AutoSampler(TimedSampler):
 
     While a uniform reference is still on the front, a share ``refine_share`` of the model's turns
     (three in four: three trials in eight) are moves that make a reference smaller instead, at most
-    ``refine`` a reference (front moves that drew it as their parent do not count): the study is
+    ``refine`` a reference (front moves that drew it as their parent do not count), and only moves
+    that the study so far does not expect to lose (see ``_refine_reference``): the study is
     there to beat the policies a person tries first. They come out of the model's turns, not the
     front's moves, because the front's moves carry the hypervolume: where the references sit far
     from the fast end of the front (a machine on which int8 kernels are no faster than float), the
@@ -172,7 +173,7 @@ class AutoSampler(TimedSampler):
     """
 
     def __init__(self, *, seed: int, trials: int, share: float = 0.05, window: int = 10, local: float = 0.5,
-                 refine_share: float = 0.75, refine: int = 6) -> None:
+                 refine_share: float = 0.75, refine: int = 8, hopeless: float = 0.01) -> None:
         if not (0.0 <= local <= 1.0 and 0.0 <= refine_share <= 1.0):
             raise ValueError(f"`local` and `refine_share` are shares and must be in [0, 1], "
                              f"but got ({local=}, {refine_share=}).")
@@ -184,6 +185,7 @@ class AutoSampler(TimedSampler):
         self._local = local
         self._refine_share = refine_share
         self._refine = refine
+        self._hopeless = hopeless
         self._rng = random.Random(seed)
         # Whose turn a trial is comes from its own stream, so what the moves draw does not shift it.
         self._turns = random.Random(f"{seed}:turns")
@@ -250,16 +252,32 @@ class AutoSampler(TimedSampler):
         gain accuracy at the reference's latency: precision goes where it is worth most), then one
         that keeps the network (its latency is then the reference's own: one measurement a network,
         and accuracy alone decides whether the move beats its parent).
+
+        Moves that cannot beat the reference are left out: those whose steps have lost more than
+        ``hopeless`` (one point) of accuracy so far, and those that change the network with steps
+        that have made networks slower so far (``_local.latency_effects``; fewer channels are not
+        always faster on int8 kernels). A reference left with no such move gives its turn to the
+        next one, and the model has the turn when none is left.
         """
         references = [t for t in front if "reference" in t.user_attrs]
         if not references:
             return None
         accuracy = next((i for i, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE), None)
         effects = {} if accuracy is None else step_effects(trials, objective=accuracy)
+        # squeeze's objectives are accuracy, size and latency, in that order.
+        latency = 2 if len(study.directions) == 3 and study.directions[2] == StudyDirection.MINIMIZE else None
+        slower = {} if latency is None else latency_effects(trials, objective=latency)
+
+        def hopeful(move: Move) -> bool:
+            # A move that cannot beat the reference is not worth a trial: one whose steps have lost
+            # more than ``hopeless`` accuracy so far, or (unless it keeps the network) made it slower.
+            return predicted(move, effects) >= -self._hopeless and (move.same_network or predicted(move, slower) <= 0)
+
         for parent in sorted(references, key=lambda t: (refined[t.number], t.number)):
             if refined[parent.number] >= self._refine:
                 continue
-            fresh = [m for m in shrinking(space, parent) + bit_trades(space, parent) if key(m.params) not in tried]
+            fresh = [m for m in shrinking(space, parent) + bit_trades(space, parent)
+                     if key(m.params) not in tried and hopeful(m)]
             if fresh:
                 self._rng.shuffle(fresh)
                 return max(fresh, key=lambda m: (round(predicted(m, effects), 6), len(m.steps), m.same_network))

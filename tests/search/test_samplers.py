@@ -88,8 +88,9 @@ def test_auto_moves_front_points_one_step_after_the_start_up_trials() -> None:
 def _peaked_objective(trial: optuna.Trial) -> tuple[float, float, float]:
     bits = [trial.suggest_categorical(f"bits.l{i}", [2, 4, 8, 32]) for i in range(3)]
     sparsity = [trial.suggest_categorical(f"sparsity.l{i}", [0.0, 0.25, 0.5]) for i in range(3)]
-    # Accuracy peaks at 8 bits everywhere and no sparsity, so that reference is never dominated.
-    accuracy = sum(min(b, 8) for b in bits) - 10 * sum(sparsity)
+    # Accuracy peaks at 8 bits everywhere and no sparsity, so that reference is never dominated; a
+    # step down loses less than a point, so every move is worth a try.
+    accuracy = (sum(min(b, 8) for b in bits) - 10 * sum(sparsity)) / 1000
     size = sum(b * (1 - s) for b, s in zip(bits, sparsity))
     return accuracy, size, sum(1 - s for s in sparsity) + sum(b > 8 for b in bits)
 
@@ -115,7 +116,7 @@ def test_auto_shrinks_a_reference_on_the_front_in_its_turns() -> None:
     assert len(moves) == 6 and trials[10:16] == moves  # the trials right after the 10 start-up ones
     assert {t.user_attrs["local_kind"] for t in moves} == {"reference"}
     # The reference's six shrinking moves, in this order. With nothing known, one that keeps its
-    # network; a bit step down then cost 4 and a sparsity step 2.5, so the other layers' sparsity
+    # network; a bit step down then cost 0.004 and a sparsity step 0.0025, so the other layers' sparsity
     # steps go before their bit steps: a step not taken yet is expected to do what its kind did.
     assert all(t.user_attrs["local_from"] == 0 for t in moves[:6])
     changed = [next(k for k in t.params if t.params[k] != _REFERENCE[k]) for t in moves[:6]]
@@ -154,6 +155,66 @@ def test_reference_moves_take_the_models_turns_and_leave_the_fronts_moves_alone(
     assert refined == 5 and none.count("reference") == 0
     assert default.count("front") == none.count("front") and 10 <= default.count("front") <= 20
     assert default.count("model") == none.count("model") - refined
+
+
+def _costly(bit_loss: float, sparsity_latency: float):
+    """An objective like ``_peaked_objective`` where a bit step down loses ``bit_loss`` accuracy and
+    a sparsity step loses 0.002 and changes latency by ``sparsity_latency`` (positive: slower, as a
+    layer pruned to a channel count the int8 kernels handle badly)."""
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        bits = [trial.suggest_categorical(f"bits.l{i}", [2, 4, 8, 32]) for i in range(3)]
+        sparsity = [trial.suggest_categorical(f"sparsity.l{i}", [0.0, 0.25, 0.5]) for i in range(3)]
+        accuracy = 0.9 - bit_loss * sum(b < 8 for b in bits) - 0.008 * sum(sparsity)
+        size = sum(b * (1 - s) for b, s in zip(bits, sparsity))
+        return accuracy, size, 1 + 4 * sparsity_latency * sum(sparsity) + sum(b > 8 for b in bits)
+
+    return objective
+
+
+def _reference_moves(objective, **options) -> list[str]:
+    """The parameter each move of :data:`_REFERENCE` changed, in order, in a study where every model turn is theirs."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0, **options))
+    study.enqueue_trial(_REFERENCE, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
+    study.optimize(objective, n_trials=20)
+    moves = [t for t in study.get_trials() if t.user_attrs.get("local_from") == 0]
+    return [name for t in moves for name, _, _ in t.user_attrs["local_steps"]]
+
+
+def test_a_reference_is_not_moved_by_steps_that_made_its_network_slower() -> None:
+    # Sparsity steps make the network slower: after the first, no other layer's sparsity step is
+    # tried, since a slower plan cannot beat the reference. The bit steps keep the network.
+    slower = [name.partition(".")[0] for name in _reference_moves(_costly(0.004, 0.01))]
+    assert sorted(slower) == ["bits"] * 3 + ["sparsity"]
+    # Where they make it faster, every sparsity step is tried.
+    faster = _reference_moves(_costly(0.004, -0.01))
+    assert sorted(faster) == [*(f"bits.l{i}" for i in range(3)), *(f"sparsity.l{i}" for i in range(3))]
+
+
+def test_a_reference_is_not_moved_by_steps_that_lost_more_than_a_point() -> None:
+    # The first bit step loses 5 points: the other layers' bit steps are not tried.
+    moved = _reference_moves(_costly(0.05, -0.01))
+    assert moved[0].startswith("bits.") and sorted(moved[1:]) == [f"sparsity.l{i}" for i in range(3)]
+    # With the threshold lifted, they are.
+    assert len(_reference_moves(_costly(0.05, -0.01), hopeless=1.0)) == 6
+
+
+def test_latency_effects_count_finished_one_step_moves() -> None:
+    from squeeze.search._local import latency_effects
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    make = optuna.trial.create_trial
+    study.add_trial(make(params={}, distributions={}, values=[0.9, 10.0, 0.30]))
+    for latency in (0.36, 0.34):
+        study.add_trial(make(params={}, distributions={}, values=[0.9, 9.0, latency],
+                             user_attrs={"local_from": 0, "local_steps": [["sparsity.a", 0.0, 0.25]]}))
+    # A trade keeps the network; a move stopped early was never timed.
+    study.add_trial(make(params={}, distributions={}, values=[0.9, 9.0, 0.31],
+                         user_attrs={"local_from": 0, "local_steps": [["bits.a", 4, 8], ["bits.b", 4, 2]]}))
+    study.add_trial(make(params={}, distributions={}, state=optuna.trial.TrialState.PRUNED,
+                         user_attrs={"local_from": 0, "local_steps": [["width.a", 1.0, 0.75]]}))
+    assert latency_effects(study.get_trials(), objective=2) == pytest.approx({("sparsity.a", 0.0, 0.25): 0.05})
 
 
 WEIGHTS = {"l0": 10, "l1": 100, "l2": 200, "l3": 400, "l4": 1000}
