@@ -192,7 +192,7 @@ def latency_effects(trials: Sequence[FrozenTrial], *, objective: int) -> dict[St
 
     Only moves of one step that finished count: a two-step move here is a bit trade, which keeps
     its parent's network and so its latency, and a move stopped early was never timed. Fewer
-    channels are not always faster: on a machine with AVX-512 VNNI and AMX, the search-quality
+    channels are not always faster: on an Intel Xeon with AVX-512 VNNI, the search-quality
     benchmark's full-width 4-bit reference read 0.324x and the same plan with its 16-channel first
     stage narrowed to 12 channels 0.362x; a move slower than the reference it shrinks cannot beat it.
     """
