@@ -2,7 +2,7 @@
 
 References are the policies a person tries first (every layer the same bits and sparsity, the full
 student); every front is compared with them. Anchors are uniform policies spread over the space's
-student widths and sparsities, the start-up trials of ``auto`` in place of random draws.
+student widths and sparsities (and one float plan), the start-up trials of ``auto`` in place of random draws.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def anchor_params(spec: StudySpec, space: JointSpace, *, slots: int,
     Every layer gets the same sparsity and :data:`ANCHOR_BITS` bits (or the nearest allowed
     bit-width above, else the widest), every stage the same width, the full depth. Policies equal
     to one in ``taken`` (the references) are left out; when there are more than ``slots``, an
-    evenly spaced selection is kept, so that the ends of both axes are among them.
+    evenly spaced selection is kept, so that the ends of both axes are among them. Where the space
+    offers ``precision = "float"`` and there are two slots or more, the last one is the float plan
+    at the middle sparsity and full width.
     """
     allowed = sorted(spec.space.bits)
     bits = next((b for b in allowed if b >= ANCHOR_BITS), allowed[-1])
@@ -65,6 +67,20 @@ def anchor_params(spec: StudySpec, space: JointSpace, *, slots: int,
             candidates.append((label, params))
     if slots <= 0:
         return []
+    if space.float_choice and slots >= 2:
+        # Whether int8 kernels beat float depends on the machine (on an AMD EPYC with AVX2 the
+        # search-quality benchmark's full-width int8 plans read 1.0x the float teacher, float plans at
+        # sparsity 0.5 about 0.35x), so one anchor starts the float side of the space.
+        params = space.uniform_params(sparsity=levels[len(levels) // 2], bits=bits, width=widths[0])
+        params["precision"] = "float"
+        if params not in seen:
+            label = f"uniform float, sparsity {levels[len(levels) // 2]:g}, width {widths[0]:g}"
+            return [*_spread(candidates, slots - 1), (label, params)]
+    return _spread(candidates, slots)
+
+
+def _spread(candidates: list, slots: int) -> list:
+    """``slots`` of ``candidates``, evenly spaced with both ends (all of them when they fit)."""
     if len(candidates) <= slots:
         return candidates
     if slots == 1:

@@ -203,17 +203,25 @@ def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_stu
     space = _space(spec)
     references = [p for _, p in reference_params(spec, space)]
     every = anchor_params(spec, space, slots=100, taken=references)
-    # widths 0.5 and 1 by sparsities 0 and 0.5, at 4 bits, less the two 4-bit references at full width.
-    assert [label for label, _ in every] == ["uniform 4-bit, sparsity 0, width 0.5", "uniform 4-bit, sparsity 0.5, width 0.5"]
+    # widths 0.5 and 1 by sparsities 0 and 0.5, at 4 bits, less the two 4-bit references at full width;
+    # then, as the space offers float, the float plan at the middle sparsity and full width.
+    assert [label for label, _ in every] == ["uniform 4-bit, sparsity 0, width 0.5", "uniform 4-bit, sparsity 0.5, width 0.5",
+                                             "uniform float, sparsity 0.5, width 1"]
     for _, params in every:
         assert params not in references
-        assert {v for k, v in params.items() if k.startswith("bits.")} == {4}
         assert len({v for k, v in params.items() if k.startswith("sparsity.")}) == 1
+    for _, params in every[:2]:
+        assert params["precision"] == "per-layer"
+        assert {v for k, v in params.items() if k.startswith("bits.")} == {4}
         assert {v for k, v in params.items() if k.startswith("student.width.")} == {0.5}
+    assert every[2][1]["precision"] == "float"
+    assert {v for k, v in every[2][1].items() if k.startswith("sparsity.")} == {0.5}
+    assert space.plan(every[2][1]).bits and all(b == 32 for b in space.plan(every[2][1]).bits.values())
     alone = anchor_params(spec, space, slots=100)
-    assert len(alone) == 4
-    ends = anchor_params(spec, space, slots=2)
-    assert ends == [alone[0], alone[-1]], "with fewer slots than policies, both ends are kept"
+    assert len(alone) == 5 and alone[-1] == every[-1]
+    ends = anchor_params(spec, space, slots=3)
+    assert ends == [alone[0], alone[3], alone[4]], "with fewer slots than policies, both ends are kept, and the float one"
+    assert anchor_params(spec, space, slots=1) == [alone[0]], "one slot: no float anchor"
     assert anchor_params(spec, space, slots=0) == []
 
 
@@ -244,7 +252,7 @@ def test_an_auto_study_opens_with_references_then_anchors(tiny_study) -> None:
     enqueue_references(ctx, space)  # a second worker, or a resume: nothing more is enqueued
     waiting = optuna.load_study(study_name="opening", storage=spec.study.storage).get_trials(states=(TrialState.WAITING,))
     kinds = ["reference" if "reference" in t.user_attrs else "anchor" if "anchor" in t.user_attrs else "?" for t in waiting]
-    assert kinds == ["reference"] * 4 + ["anchor"] * 2
+    assert kinds == ["reference"] * 4 + ["anchor"] * 3
     assert len(waiting) <= startup_trials(40)
 
     # Another sampler draws its own first trials: the references alone are enqueued.
