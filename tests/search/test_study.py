@@ -216,7 +216,8 @@ def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_stu
         assert {v for k, v in params.items() if k.startswith("student.width.")} == {0.5}
     assert every[2][1]["precision"] == "float"
     assert {v for k, v in every[2][1].items() if k.startswith("sparsity.")} == {0.5}
-    assert space.plan(every[2][1]).bits and all(b == 32 for b in space.plan(every[2][1]).bits.values())
+    floated = space.plan(every[2][1]).bits
+    assert floated and all(b == 32 for b in floated.values())
     alone = anchor_params(spec, space, slots=100)
     assert len(alone) == 5 and alone[-1] == every[-1]
     ends = anchor_params(spec, space, slots=3)
