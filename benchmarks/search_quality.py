@@ -42,7 +42,10 @@ and range over seeds) and ``search_quality.json`` to ``--out`` (default ``benchm
 Each study goes to its own SQLite file there; a rerun resumes them. After the studies, every
 network of a seed is timed again, alone (the median of three passes), and the studies are scored again with those figures
 (``retime()``; ``--no-retime`` skips it): studies that run side by side time their networks under
-different loads, and that drift is as large as the differences between methods.
+different loads, and that drift is as large as the differences between methods. Then the default
+sampler's reference verdict is given once more with accuracy the mean over ``--confirm-seeds``
+training seeds, for the references and the points within reach of them (``_confirm.py``): near a
+reference, the study's one draw of training noise decides the verdict as one timing decided latency.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from _confirm import confirm, remeasured
 from squeeze.objectives import TrainingBudget, decode, load_task, measure, train_teacher
 from squeeze.search import Point, Teacher, hypervolume, load_spec, pareto_front, references_beaten
 from squeeze.search._pareto import hypervolume_history
@@ -380,6 +384,27 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
             }
 
 
+def judged_points(r: dict) -> list[Point]:
+    """A study's points as the reference verdict judges them (timed again where they were), references marked."""
+    labels = {int(k) for k in r["references"]}
+    return [dataclasses.replace(Point(**p), reference=p["number"] in labels)
+            for p in (r["retimed"]["points"] if "retimed" in r else r["points"])]
+
+
+def confirm_references(args: argparse.Namespace, by_seed: dict[int, dict]) -> None:
+    """The default sampler's references, and the points within reach of them, trained under more seeds (see _confirm.py)."""
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        confirmed = confirm(
+            {seed: args.out / "studies" / f"auto-s{seed}.toml" for seed in by_seed},
+            {seed: judged_points(r) for seed, r in by_seed.items()},
+            seeds=args.confirm_seeds, margin=args.confirm_margin,
+            skip={seed: {int(k) for k in r.get("same_policy", {})} for seed, r in by_seed.items()},
+            submit=pool.submit,
+        )
+    for seed, r in by_seed.items():
+        r["confirmed"] = confirmed[seed]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
@@ -412,6 +437,12 @@ def main() -> int:
                         help="skip timing every network once more, alone, after the studies (see retime())")
     parser.add_argument("--retime-passes", type=int, default=3,
                         help="passes over a seed's networks when they are timed again; each network takes the median")
+    parser.add_argument("--confirm-seeds", type=int, default=5,
+                        help="training seeds (the study's own first) whose mean accuracy judges the default sampler's "
+                             "references and the points within reach of them (see _confirm.py); 1 skips this")
+    parser.add_argument("--confirm-margin", type=float, default=0.005,
+                        help="how much less accurate than a reference, under the study's seed, a point as small and "
+                             "fast may be and still be trained again for the reference verdict")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -422,6 +453,10 @@ def main() -> int:
         parser.error(f"--methods must name methods of {[*METHODS, *ABLATIONS]}, but got {', '.join(unknown)}.")
     if args.retime_passes < 1:
         parser.error(f"--retime-passes must be at least 1 (--no-retime skips the retime), but got {args.retime_passes}.")
+    if args.confirm_seeds < 1:
+        parser.error(f"--confirm-seeds must be at least 1 (1 skips the confirmation), but got {args.confirm_seeds}.")
+    if not 0.0 <= args.confirm_margin < 1.0:
+        parser.error(f"--confirm-margin must be in [0, 1), but got {args.confirm_margin}.")
 
     started = time.perf_counter()
     for seed in seeds:
@@ -437,6 +472,8 @@ def main() -> int:
     results = {m: dict(sorted(results[m].items())) for m in methods if m in results}
     if args.retime:
         retime(args, seeds, list(results), results)
+    if args.confirm_seeds > 1 and "auto" in results:
+        confirm_references(args, results["auto"])
     (args.out / "search_quality.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     report = render(results, args, elapsed=time.perf_counter() - started)
     (args.out / "search_quality.md").write_text(report, encoding="utf-8")
@@ -498,6 +535,26 @@ def render(results: dict[str, dict[int, dict]], args: argparse.Namespace, *, ela
             lines += reference_table(results[method], lambda r: r["retimed"]["points"])
             lines += ["", "And with each study's own timings:", ""]
         lines += reference_table(results[method], lambda r: r["points"])
+    confirmed = results.get("auto", {})
+    if confirmed and all("confirmed" in r for r in confirmed.values()):
+        first = next(iter(confirmed.values()))["confirmed"]
+        lines += ["", f"The same references of the default sampler's studies with accuracy the mean over "
+                  f"{len(first['seeds'])} training seeds (the study's own and {len(first['seeds']) - 1} more): each "
+                  f"reference, and every feasible point at least as small and fast as one ({timings}) and at most "
+                  f"{first['margin']:.4f} less accurate than it under the study's seed, trained again (see "
+                  "`_confirm.py`); the points of the table are those:", ""]
+        lines += reference_table(confirmed, lambda r: [dataclasses.asdict(p) for p in remeasured(
+            judged_points(r), {int(k): v for k, v in r["confirmed"]["accuracy"].items()})])
+        lines += ["", "| seed | reference | accuracy a training seed | plans within reach, trained again |",
+                  "|---:|---|---|---:|"]
+        for seed, r in confirmed.items():
+            c = r["confirmed"]
+            drawn = {p.number: p.accuracy for p in judged_points(r)}
+            labels = {int(k): v for k, v in r["references"].items()}
+            for ref, reach in c["reach"].items():
+                draws = [drawn[int(ref)], *c["accuracy"][ref]]
+                lines.append(f"| {seed} | {labels[int(ref)]} | {', '.join(f'{a:.4f}' for a in draws)} | "
+                             f"{len(reach)} |")
     return "\n".join(lines) + "\n"
 
 

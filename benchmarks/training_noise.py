@@ -26,11 +26,9 @@ import time
 import optuna
 import torch
 
-from squeeze.objectives import evaluate_plan
-from squeeze.search._api import prepare, resolve
-from squeeze.search._latencies import LatencyBook
-from squeeze.search._study import connect, ensure_teacher, training_seed
-from squeeze.spaces import JointSpace, SqueezeError, get_family
+from _retrain import own_seed, retrained
+from squeeze.search import load_spec
+from squeeze.spaces import SqueezeError
 
 
 def main() -> int:
@@ -51,44 +49,24 @@ def main() -> int:
         parser.error(f"--threads must be at least 1, but got {args.threads}.")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    names = {}
+
+    def progress(number: int, accuracies: list[float]) -> None:
+        names[number] = len(names) + 1
+        print(f"[{names[number]}/{len(numbers)}, {time.perf_counter() - started:.0f} s] trial {number}: "
+              f"{', '.join(f'{a:.4f}' for a in accuracies)}", file=sys.stderr, flush=True)
+
     try:
-        spec = resolve(args.study).spec
-        if spec is None:
-            raise SqueezeError(f"{args.study!r} is not a study file; give the .toml the study was created with.")
-        data = prepare(spec)
-        ctx = connect(spec, create=False)
-        teacher = ensure_teacher(ctx, data)
+        own = own_seed(args.study)
+        seeds = [own + i for i in range(args.seeds)]
+        scores = retrained(args.study, numbers, seeds, progress=progress)
     except SqueezeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    spec = load_spec(args.study)
     study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
     done = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
-    missing = [n for n in numbers if n not in done]
-    if missing:
-        print(f"error: --trials names {missing}, which are not completed trials of study {spec.study.name!r}.",
-              file=sys.stderr)
-        return 2
-    family = get_family(spec.task.family)
-    space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
-    book = LatencyBook()
-    own = training_seed(spec)
-    seeds = [own + i for i in range(args.seeds)]
-    scores: dict[int, list[float]] = {}
-    started = time.perf_counter()
-    for i, number in enumerate(numbers):
-        trial = done[number]
-        plan = space.plan_for(trial.params, in_channels=data.in_channels, num_classes=data.num_classes)
-        scores[number] = []
-        for seed in seeds:
-            judged = evaluate_plan(
-                plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
-                options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
-                latency=spec.latency, seed=seed, device=spec.task.device,
-                known_latency=lambda key: book.measured(study, key),
-            )
-            scores[number].append(judged.accuracy)
-        print(f"[{i + 1}/{len(numbers)}, {time.perf_counter() - started:.0f} s] trial {number} "
-              f"(study: {trial.values[0]:.4f}): {_describe(trial)}", file=sys.stderr, flush=True)
 
     print(f"Study {spec.study.name!r}, training seeds {', '.join(map(str, seeds))} (the study's own: {own}); "
           f"held-out accuracy.\n")
