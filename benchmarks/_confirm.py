@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from _retrain import own_seed, retrained
 from squeeze.search import Point
 
 
-def within_reach(points: Sequence[Point], *, margin: float, skip: set[int] = frozenset()) -> dict[int, list[int]]:
+def within_reach(points: Sequence[Point], *, margin: float, skip: Set[int] = frozenset()) -> dict[int, list[int]]:
     """For each reference among ``points``, the other feasible points that could dominate it under other seeds.
 
     Those at least as small and as fast, and at most ``margin`` less accurate; trials in ``skip``
@@ -54,11 +54,10 @@ def plans_to_train(reach: Mapping[int, Sequence[int]]) -> list[int]:
     return sorted({*reach, *(n for numbers in reach.values() for n in numbers)})
 
 
-def train_one(study_file: str, number: int, extra: int) -> list[float]:
-    """Trial ``number``'s plan trained under the ``extra`` training seeds after the study's own, on one thread."""
+def train_one(study_file: str, number: int, seeds: Sequence[int]) -> list[float]:
+    """Trial ``number``'s plan trained under each of ``seeds``, on one thread."""
     torch.set_num_threads(1)
-    first = own_seed(study_file)
-    return retrained(study_file, [number], [first + i for i in range(1, extra + 1)])[number]
+    return retrained(study_file, [number], seeds)[number]
 
 
 def remeasured(points: Sequence[Point], accuracies: Mapping[int, Sequence[float]]) -> list[Point]:
@@ -75,14 +74,15 @@ def confirm(study_files: Mapping[int, Path], points_of: Mapping[int, Sequence[Po
     were within reach of which reference, and every trained plan's new accuracies.
     """
     reach = {seed: within_reach(points_of[seed], margin=margin, skip=skip.get(seed, set())) for seed in study_files}
-    jobs = {(seed, n): submit(train_one, str(study_files[seed]), n, seeds - 1)
+    training = {seed: [own_seed(path) + i for i in range(seeds)] for seed, path in study_files.items()}
+    # The study's own seed is not trained again: training is deterministic, and its draw is the study's figure.
+    jobs = {(seed, n): submit(train_one, str(study_files[seed]), n, training[seed][1:])
             for seed in study_files for n in plans_to_train(reach[seed])}
     print(f"accuracy over {seeds} training seeds: {len(jobs)} plans, {len(jobs) * (seeds - 1)} trainings", flush=True)
     out: dict[int, dict] = {}
     for seed in study_files:
-        first = own_seed(study_files[seed])
         out[seed] = {
-            "seeds": [first + i for i in range(seeds)],
+            "seeds": training[seed],
             "margin": margin,
             "reach": {str(ref): numbers for ref, numbers in reach[seed].items()},
             "accuracy": {str(n): job.result() for (s, n), job in jobs.items() if s == seed},
