@@ -4,16 +4,23 @@ Every trial of a study trains with the study's one seed, so two plans of a study
 plans and one shared draw of training noise. This retrains the plans of the trials named in
 ``--trials`` under ``--seeds`` training seeds (the study's own first, then the next integers) with
 the study's data, teacher and budget, and scores each on the held-out split. It prints each
-plan's accuracy under every seed, and for every trial after the first its difference from the
+plan's accuracy under every seed, and for every plan after the first its difference from the
 first (usually a uniform reference) seed by seed: how often the plan ties or beats the first, and by
 how much on average. A move that loses to its reference by a few images under the study's seed may
 win under most others; then whether the study's front holds a point that dominates the reference
 is a draw of training noise, not a property of the search.
 
-Latency is not measured again (the study's own measurement of each network is reused), and
-nothing is written to the study.
+``--move TRIAL:PARAM=VALUE,...`` (repeatable) adds a plan the study may never have tried: trial
+TRIAL's parameters with those changed, for example a uniform reference with its first and last
+layers at 8 bits and its largest one at 3. So one can ask how much any per-layer change of a
+reference gains over several seeds, and whether a reference can be beaten at all.
+
+Latency is not measured again where the study timed the same network (the study's measurement is
+reused; a changed network is timed here once, and marked), and nothing is written to the study.
 
     python benchmarks/training_noise.py benchmarks/results/studies/auto-s0.toml --trials 0,21,46,57 --seeds 6
+    python benchmarks/training_noise.py benchmarks/results/studies/auto-s0.toml --trials 1 --seeds 8 \
+        --move 1:bits.stages.0.0.conv=8,bits.classifier=8,bits.stages.2.0.conv=3
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import time
 import optuna
 import torch
 
-from _retrain import own_seed, retrained
+from _retrain import Retrained, moved, own_seed
 from squeeze.search import load_spec
 from squeeze.spaces import SqueezeError
 
@@ -35,6 +42,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="the study file (.toml) of an existing study")
     parser.add_argument("--trials", required=True, help="trial numbers, comma-separated; the others are compared with the first")
+    parser.add_argument("--move", action="append", default=[], metavar="TRIAL:PARAM=VALUE,...",
+                        help="also trial TRIAL's plan with these parameters changed (repeatable)")
     parser.add_argument("--seeds", type=int, default=6, help="training seeds a plan, the study's own first")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1, as each study of the search-quality benchmark trains)")
@@ -43,6 +52,13 @@ def main() -> int:
         numbers = [int(n) for n in args.trials.split(",")]
     except ValueError:
         parser.error(f"--trials must be trial numbers separated by commas, but got {args.trials!r}.")
+    plans: list[tuple[int, dict[str, str]]] = [(n, {}) for n in numbers]
+    for text in args.move:
+        plan = _parse_move(text)
+        if plan is None:
+            parser.error(f"--move must read TRIAL:PARAM=VALUE[,PARAM=VALUE...] (for example "
+                         f"1:bits.classifier=8,bits.stages.2.0.conv=3), but got {text!r}.")
+        plans.append(plan)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, but got {args.seeds}.")
     if args.threads < 1:
@@ -50,17 +66,16 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    names = {}
+    labels = [_label(n, changes) for n, changes in plans]
 
-    def progress(number: int, accuracies: list[float]) -> None:
-        names[number] = len(names) + 1
-        print(f"[{names[number]}/{len(numbers)}, {time.perf_counter() - started:.0f} s] trial {number}: "
-              f"{', '.join(f'{a:.4f}' for a in accuracies)}", file=sys.stderr, flush=True)
+    def progress(index: int, scores: Retrained) -> None:
+        print(f"[{index + 1}/{len(plans)}, {time.perf_counter() - started:.0f} s] {labels[index]}: "
+              f"{', '.join(f'{a:.4f}' for a in scores.accuracy)}", file=sys.stderr, flush=True)
 
     try:
         own = own_seed(args.study)
         seeds = [own + i for i in range(args.seeds)]
-        scores = retrained(args.study, numbers, seeds, progress=progress)
+        scores = moved(args.study, plans, seeds, progress=progress)
     except SqueezeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -70,17 +85,57 @@ def main() -> int:
 
     print(f"Study {spec.study.name!r}, training seeds {', '.join(map(str, seeds))} (the study's own: {own}); "
           f"held-out accuracy.\n")
-    print("| trial | plan | study's accuracy | accuracy a seed | mean | against the first: seeds at least as good | mean difference |")
-    print("|---:|---|---:|---|---:|---:|---:|")
-    first = numbers[0]
-    for number in numbers:
-        acc = scores[number]
-        diffs = [a - b for a, b in zip(acc, scores[first])]
-        versus = ("" if number == first else f"{sum(d >= -1e-9 for d in diffs)} of {len(diffs)}")
-        mean_diff = "" if number == first else f"{statistics.fmean(diffs):+.4f}"
-        print(f"| {number} | {_describe(done[number])} | {done[number].values[0]:.4f} | "
-              f"{', '.join(f'{a:.4f}' for a in acc)} | {statistics.fmean(acc):.4f} | {versus} | {mean_diff} |")
+    print("| plan | what it is | study's accuracy | accuracy a seed | mean | bytes | latency ratio "
+          "| against the first: seeds at least as good | mean difference | dominates the first, on the means |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+    first = scores[0]
+    for (number, changes), label, got in zip(plans, labels, scores):
+        diffs = [a - b for a, b in zip(got.accuracy, first.accuracy)]
+        later = got is not first
+        versus = f"{sum(d >= -1e-9 for d in diffs)} of {len(diffs)}" if later else ""
+        mean_diff = f"{statistics.fmean(diffs):+.4f}" if later else ""
+        study_acc = "" if changes else f"{done[number].values[0]:.4f}"
+        latency = f"{got.latency_ratio:.3f}" + ("" if got.latency_reused else " (timed here)")
+        print(f"| {label} | {_describe(done[number]) if not changes else _describe_change(done[number])} "
+              f"| {study_acc} | {', '.join(f'{a:.4f}' for a in got.accuracy)} | {statistics.fmean(got.accuracy):.4f} "
+              f"| {got.size_bytes} | {latency} | {versus} | {mean_diff} | {_dominates(got, first) if later else ''} |")
     return 0
+
+
+def _parse_move(text: str) -> tuple[int, dict[str, str]] | None:
+    """``"TRIAL:PARAM=VALUE,..."`` as (trial, {param: value}), or None when it does not read so."""
+    trial, sep, rest = text.partition(":")
+    if not sep or not trial.strip().isdigit() or not rest.strip():
+        return None
+    changes = {}
+    for item in rest.split(","):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            return None
+        changes[name.strip()] = value.strip()
+    return int(trial), changes
+
+
+def _label(number: int, changes: dict[str, str]) -> str:
+    if not changes:
+        return f"trial {number}"
+    return f"trial {number} with " + ", ".join(f"{k}={v}" for k, v in changes.items())
+
+
+def _dominates(plan: Retrained, first: Retrained) -> str:
+    """Whether ``plan`` is at least as good as ``first`` in all three objectives and better in one."""
+    mean, ref = statistics.fmean(plan.accuracy), statistics.fmean(first.accuracy)
+    # The means are of the same number of held-out scores, so equal sums are a tie, not a rounding.
+    acc = round(mean - ref, 9)
+    ge = acc >= 0 and plan.size_bytes <= first.size_bytes and plan.latency_ratio <= first.latency_ratio
+    gt = acc > 0 or plan.size_bytes < first.size_bytes or plan.latency_ratio < first.latency_ratio
+    if ge and gt:
+        return "yes, with equal accuracy" if acc == 0 else "yes"
+    return "no"
+
+
+def _describe_change(trial: optuna.trial.FrozenTrial) -> str:
+    return f"a change of {_describe(trial)}"
 
 
 def _describe(trial: optuna.trial.FrozenTrial) -> str:
