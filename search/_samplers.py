@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from squeeze.spaces import SqueezeError
 
-from ._local import Move, bit_trades, key, latency_effects, one_steps, predicted, shrinking, step_effects
+from ._local import Move, bit_trades, end_trades, key, latency_effects, one_steps, predicted, shrinking, step_effects
 from ._pareto import Point, Teacher, contributions
 
 
@@ -247,10 +247,10 @@ class AutoSampler(TimedSampler):
 
         The least tried reference first, each at most ``refine`` times (a reference no move beats
         would otherwise take every one of these turns). Of a reference's shrinking
-        moves and bit trades (see ``squeeze.search._local``), the one whose steps have cost the
-        least accuracy so far in this study goes first; among equals, a trade (the one move that can
-        gain accuracy at the reference's latency: precision goes where it is worth most), then one
-        that keeps the network (its latency is then the reference's own: one measurement a network,
+        moves, bit trades and end trades (see ``squeeze.search._local``), the one whose steps have
+        cost the least accuracy so far in this study goes first; among equals, a trade (the one move
+        that can gain accuracy at the reference's latency: precision goes where it is worth most; an
+        end trade, of three steps, before a trade of two), then one that keeps the network (its latency is then the reference's own: one measurement a network,
         and accuracy alone decides whether the move beats its parent).
 
         Moves that cannot beat the reference are left out: those whose steps have lost more than
@@ -276,7 +276,7 @@ class AutoSampler(TimedSampler):
         for parent in sorted(references, key=lambda t: (refined[t.number], t.number)):
             if refined[parent.number] >= self._refine:
                 continue
-            fresh = [m for m in shrinking(space, parent) + bit_trades(space, parent)
+            fresh = [m for m in shrinking(space, parent) + bit_trades(space, parent) + end_trades(space, parent)
                      if key(m.params) not in tried and hopeful(m)]
             if fresh:
                 self._rng.shuffle(fresh)

@@ -255,6 +255,60 @@ def test_auto_trades_bits_between_a_references_layers_where_the_bytes_fall() -> 
     assert beaten and len(beaten[0].user_attrs["local_steps"]) == 2
 
 
+ENDS = {"l0": 10, "l1": 100, "l2": 400, "l3": 1000, "l4": 50}
+"""In the network's order: a small first layer, a large one before a small classifier."""
+
+
+def _ends_objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    bits = {layer: trial.suggest_categorical(f"bits.{layer}", [2, 3, 4, 8]) for layer in ENDS}
+    # Both ends are sensitive to their bit-width; the layers between lose little a step, and break at 2 bits.
+    middle = [bits[f"l{i}"] for i in (1, 2, 3)]
+    accuracy = 1 - 0.004 * (16 - bits["l0"] - bits["l4"]) - sum(0.0005 * (8 - b) + 0.05 * (b == 2) for b in middle)
+    trial.set_user_attr("weights", ENDS)
+    return accuracy, sum(n * bits[layer] / 8 for layer, n in ENDS.items()), 1.0
+
+
+def _ends_parent(bits: dict[str, int], **params) -> optuna.trial.FrozenTrial:
+    dist = optuna.distributions.CategoricalDistribution([2, 3, 4, 8])
+    space = {f"bits.{layer}": dist for layer in ENDS}
+    return optuna.trial.create_trial(
+        params={f"bits.{layer}": b for layer, b in bits.items()} | params,
+        distributions=space | {k: optuna.distributions.CategoricalDistribution(["per-layer", "float"]) for k in params},
+        values=[0.9, 1.0, 1.0], user_attrs={"weights": ENDS})
+
+
+def test_end_trades_raise_the_first_and_last_layers_and_lower_one_between_where_the_bytes_fall() -> None:
+    from squeeze.search._local import end_trades
+
+    parent = _ends_parent(dict.fromkeys(ENDS, 4))
+    space = {name: d for name, d in parent.distributions.items()}
+    moves = end_trades(space, parent)
+    # The ends add 10 * 4 + 50 * 4 weight-bits; l1 a step down saves only 100, l2 and l3 save more.
+    assert [m.steps for m in moves] == [
+        (("bits.l0", 4, 8), ("bits.l4", 4, 8), ("bits.l2", 4, 3)),
+        (("bits.l0", 4, 8), ("bits.l4", 4, 8), ("bits.l3", 4, 3)),
+    ]
+    assert all(m.same_network for m in moves)
+    # An end already at 8 bits cannot go up within int8 (a single trade covers the other end), and
+    # a plan in float has no bit-widths to trade.
+    assert end_trades(space, _ends_parent(dict.fromkeys(ENDS, 4) | {"l4": 8})) == []
+    floated = _ends_parent(dict.fromkeys(ENDS, 4), precision="float")
+    assert end_trades({**space, "precision": floated.distributions["precision"]}, floated) == []
+
+
+def test_auto_tries_an_end_trade_of_a_reference_first_and_it_beats_the_reference() -> None:
+    sampler = AutoSampler(seed=0, trials=20, local=0.0, refine_share=1.0)  # 5 start-up trials
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    study.enqueue_trial({f"bits.{layer}": 4 for layer in ENDS}, user_attrs={"reference": "uniform 4-bit"})
+    study.optimize(_ends_objective, n_trials=8)
+    trials = study.get_trials()
+    moves = [t for t in trials if t.user_attrs.get("local_from") == 0]
+    assert moves
+    first = moves[0]
+    assert [name for name, _, _ in first.user_attrs["local_steps"]][:2] == ["bits.l0", "bits.l4"]
+    assert first.values[0] > trials[0].values[0] and first.values[1] < trials[0].values[1]
+
+
 def test_step_effects_learn_from_the_moves_so_far() -> None:
     from squeeze.search._local import step_effects
 
