@@ -93,7 +93,8 @@ def main() -> int:
         diffs = [a - b for a, b in zip(got.accuracy, first.accuracy)]
         later = got is not first
         versus = f"{sum(d >= -1e-9 for d in diffs)} of {len(diffs)}" if later else ""
-        mean_diff = f"{statistics.fmean(diffs):+.4f}" if later else ""
+        # Rounded first, so that a tie of the means reads +0.0000, not -0.0000.
+        mean_diff = f"{round(statistics.fmean(diffs), 9) + 0.0:+.4f}" if later else ""
         study_acc = "" if changes else f"{done[number].values[0]:.4f}"
         latency = f"{got.latency_ratio:.3f}" + ("" if got.latency_reused else " (timed here)")
         print(f"| {label} | {_describe(done[number]) if not changes else _describe_change(done[number])} "
