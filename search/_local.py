@@ -190,6 +190,22 @@ def end_trades(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> li
     return moves
 
 
+def bits_saved(move: Move, weights: Mapping[str, int]) -> int:
+    """The weight-bits ``move``'s bit-width steps save (negative where they add), from the layers' ``weights``.
+
+    Among reference moves the study knows nothing against, the one that saves most goes first: the
+    largest layers lose least a step down (on the search-quality benchmark's CNN, the uniform 4-bit
+    reference's end trade lost 0.0070 and 0.0055 under the study's seed with its third layer at 3
+    bits, where with its largest layer at 3 bits it was ahead on the mean of eight training seeds).
+    """
+    total = 0
+    for name, old, new in move.steps:
+        group, _, layer = name.partition(".")
+        if group == "bits" and isinstance(weights.get(layer), int):
+            total += weights[layer] * (min(old, 32) - min(new, 32))
+    return total
+
+
 def _shrinks(step: Step) -> bool:
     """Whether ``step`` makes the network smaller (see :data:`SHRINKS`)."""
     name, old, new = step

@@ -23,7 +23,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from squeeze.spaces import SqueezeError
 
-from ._local import Move, bit_trades, end_trades, key, latency_effects, one_steps, predicted, shrinking, step_effects
+from ._local import Move, bit_trades, bits_saved, end_trades, key, latency_effects, one_steps, predicted, shrinking, step_effects
 from ._pareto import Point, Teacher, contributions
 
 
@@ -250,8 +250,10 @@ class AutoSampler(TimedSampler):
         moves, bit trades and end trades (see ``squeeze.search._local``), the one whose steps have
         cost the least accuracy so far in this study goes first; among equals, a trade (the one move
         that can gain accuracy at the reference's latency: precision goes where it is worth most; an
-        end trade, of three steps, before a trade of two), then one that keeps the network (its latency is then the reference's own: one measurement a network,
-        and accuracy alone decides whether the move beats its parent).
+        end trade, of three steps, before a trade of two), then one that keeps the network (its
+        latency is then the reference's own: one measurement a network, and accuracy alone decides
+        whether the move beats its parent), then the one that saves the most weight-bits
+        (``_local.bits_saved``: the largest layer a step down).
 
         Moves that cannot beat the reference are left out: those whose steps have lost more than
         ``hopeless`` (one point) of accuracy so far, and those that change the network with steps
@@ -280,7 +282,10 @@ class AutoSampler(TimedSampler):
                      if key(m.params) not in tried and hopeful(m)]
             if fresh:
                 self._rng.shuffle(fresh)
-                return max(fresh, key=lambda m: (round(predicted(m, effects), 6), len(m.steps), m.same_network))
+                weights = parent.user_attrs.get("weights")
+                weights = weights if isinstance(weights, Mapping) else {}
+                return max(fresh, key=lambda m: (round(predicted(m, effects), 6), len(m.steps), m.same_network,
+                                                 bits_saved(m, weights)))
         return None
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:

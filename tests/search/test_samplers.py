@@ -305,8 +305,18 @@ def test_auto_tries_an_end_trade_of_a_reference_first_and_it_beats_the_reference
     moves = [t for t in trials if t.user_attrs.get("local_from") == 0]
     assert moves
     first = moves[0]
-    assert [name for name, _, _ in first.user_attrs["local_steps"]][:2] == ["bits.l0", "bits.l4"]
+    # The ends up, and of the layers between, the largest down: it saves the most bytes.
+    assert [name for name, _, _ in first.user_attrs["local_steps"]] == ["bits.l0", "bits.l4", "bits.l3"]
     assert first.values[0] > trials[0].values[0] and first.values[1] < trials[0].values[1]
+
+
+def test_bits_saved_counts_weight_bits_of_the_bit_steps_only() -> None:
+    from squeeze.search._local import Move, bits_saved
+
+    move = Move(parent=0, steps=(("bits.l0", 4, 8), ("bits.l3", 4, 3), ("sparsity.l1", 0.0, 0.25)), params={})
+    assert bits_saved(move, ENDS) == 10 * -4 + 1000 * 1
+    # Float counts as 32 bits; a layer without a weight count saves nothing that can be told.
+    assert bits_saved(Move(parent=0, steps=(("bits.l2", 32, 8), ("bits.l9", 4, 2)), params={}), ENDS) == 400 * 24
 
 
 def test_step_effects_learn_from_the_moves_so_far() -> None:
