@@ -180,6 +180,8 @@ def train_shared_teacher(args: argparse.Namespace, seed: int) -> None:
                      data_dir=spec.task.data)
     family = get_family("cnn")
     options = {k: v for k, v in spec.task.model.items() if k != "checkpoint"}
+    # Seeded before it is built, so that its first weights (and the whole teacher) follow from the seed.
+    torch.manual_seed(seed)
     model = family.build(options, in_channels=data.in_channels, num_classes=data.num_classes)
     train_teacher(model, data.x_train, data.y_train, budget=TrainingBudget(teacher_epochs=args.epochs), seed=seed)
     torch.save(model.state_dict(), target)

@@ -171,6 +171,9 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
     family = get_family(spec.task.family)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     row = st.claim_teacher(ctx.engine, spec.study.name, owner, stale_after_s=spec.study.grace_s)
+    # The teacher's first weights come from the study's seed, not from whatever the process drew
+    # before: the same study file trains the same teacher in any fresh database.
+    torch.manual_seed(spec.study.seed)
     model = family.build(spec.task.model, in_channels=data.in_channels, num_classes=data.num_classes)
     if row is None:
         checkpoint = checkpoint_of(spec.task.model)

@@ -150,6 +150,21 @@ def test_a_student_far_below_min_accuracy_after_distillation_stops_there(tiny_st
     early.after_stage("distil", Oracle(), started=0.0)
 
 
+def test_the_same_study_file_trains_the_same_teacher_in_a_fresh_database(tiny_study, tmp_path) -> None:
+    from squeeze.search import _study
+
+    teachers = []
+    for i in range(2):
+        path = tiny_study(name="again", storage=f"sqlite:///{tmp_path / f'fresh{i}.db'}")
+        spec = load_spec(path)
+        data = _api.prepare(spec)
+        # Whatever the process drew before must not reach the teacher's first weights.
+        torch.rand(i + 1)
+        teachers.append(_study.ensure_teacher(_study.connect(spec, create=True), data).model.state_dict())
+    assert teachers[0].keys() == teachers[1].keys()
+    assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])
+
+
 def test_an_interrupted_teacher_training_releases_its_claim(tiny_study, monkeypatch) -> None:
     from squeeze.search import _study
 
