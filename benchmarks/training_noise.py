@@ -34,7 +34,8 @@ import optuna
 import torch
 
 from _retrain import Retrained, moved, own_seed
-from squeeze.search import load_spec
+from squeeze.search import Point, load_spec
+from squeeze.search._pareto import dominates
 from squeeze.spaces import SqueezeError
 
 
@@ -97,7 +98,7 @@ def main() -> int:
         mean_diff = f"{round(statistics.fmean(diffs), 9) + 0.0:+.4f}" if later else ""
         study_acc = "" if changes else f"{done[number].values[0]:.4f}"
         latency = f"{got.latency_ratio:.3f}" + ("" if got.latency_reused else " (timed here)")
-        print(f"| {label} | {_describe(done[number]) if not changes else _describe_change(done[number])} "
+        print(f"| {label} | {'a change of ' if changes else ''}{_describe(done[number])} "
               f"| {study_acc} | {', '.join(f'{a:.4f}' for a in got.accuracy)} | {statistics.fmean(got.accuracy):.4f} "
               f"| {got.size_bytes} | {latency} | {versus} | {mean_diff} | {_dominates(got, first) if later else ''} |")
     return 0
@@ -124,19 +125,16 @@ def _label(number: int, changes: dict[str, str]) -> str:
 
 
 def _dominates(plan: Retrained, first: Retrained) -> str:
-    """Whether ``plan`` is at least as good as ``first`` in all three objectives and better in one."""
-    mean, ref = statistics.fmean(plan.accuracy), statistics.fmean(first.accuracy)
-    # The means are of the same number of held-out scores, so equal sums are a tie, not a rounding.
-    acc = round(mean - ref, 9)
-    ge = acc >= 0 and plan.size_bytes <= first.size_bytes and plan.latency_ratio <= first.latency_ratio
-    gt = acc > 0 or plan.size_bytes < first.size_bytes or plan.latency_ratio < first.latency_ratio
-    if ge and gt:
-        return "yes, with equal accuracy" if acc == 0 else "yes"
-    return "no"
+    """Whether ``plan`` dominates ``first`` with accuracy the mean over the seeds (see ``squeeze.search._pareto.dominates``)."""
+    def point(scores: Retrained) -> Point:
+        # Means of the same number of held-out scores: equal sums are a tie, not a rounding.
+        return Point(number=0, accuracy=round(statistics.fmean(scores.accuracy), 9), size_bytes=scores.size_bytes,
+                     latency_ratio=scores.latency_ratio)
 
-
-def _describe_change(trial: optuna.trial.FrozenTrial) -> str:
-    return f"a change of {_describe(trial)}"
+    a, b = point(plan), point(first)
+    if not dominates(a, b):
+        return "no"
+    return "yes, with equal accuracy" if a.accuracy == b.accuracy else "yes"
 
 
 def _describe(trial: optuna.trial.FrozenTrial) -> str:

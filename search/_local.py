@@ -204,7 +204,7 @@ def bits_saved(move: Move, weights: Mapping[str, int]) -> int:
     for name, old, new in move.steps:
         group, _, layer = name.partition(".")
         if group == "bits" and isinstance(weights.get(layer), int):
-            total += weights[layer] * (min(old, 32) - min(new, 32))
+            total += weights[layer] * (old - new)
     return total
 
 
