@@ -135,6 +135,25 @@ def test_auto_caps_the_moves_a_reference_gets() -> None:
     assert [t.user_attrs["local_from"] for t in moves] == [0, 0, 0]
 
 
+def test_a_reference_off_the_front_on_a_lucky_draw_still_gets_its_moves() -> None:
+    lucky = _REFERENCE | {"bits.l0": 4}
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        accuracy, size, latency = _peaked_objective(trial)
+        # One plan drew high under the study's seed: smaller than the reference and more accurate,
+        # so the reference is off the front from the second trial on.
+        return accuracy + (0.01 if trial.params == lucky else 0.0), size, latency
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0, refine=3))
+    study.enqueue_trial(_REFERENCE, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
+    study.enqueue_trial(lucky)
+    study.optimize(objective, n_trials=20)
+    assert 0 not in {t.number for t in study.best_trials}
+    moves = [t for t in study.get_trials() if t.user_attrs.get("local_from") == 0]
+    assert len(moves) == 3 and {t.user_attrs["local_kind"] for t in moves} == {"reference"}
+
+
 def test_front_moves_that_draw_a_reference_leave_its_own_moves_alone() -> None:
     trials = _unbeaten(30, local=0.5, refine_share=1.0, refine=3)
     from_reference = [t.user_attrs["local_kind"] for t in trials if t.user_attrs.get("local_from") == 0]
