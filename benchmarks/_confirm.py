@@ -42,6 +42,7 @@ import torch
 
 from _retrain import own_seed, retrained
 from squeeze.search import Point
+from squeeze.search._pareto import dominates
 
 
 def within_reach(points: Sequence[Point], *, margin: float, skip: Set[int] = frozenset()) -> dict[int, list[int]]:
@@ -80,7 +81,6 @@ def remeasured(points: Sequence[Point], accuracies: Mapping[int, Sequence[float]
 class Paired:
     """A point against a reference over the same training seeds: mean accuracy difference and its standard error."""
 
-    number: int
     mean: float
     se: float
 
@@ -92,7 +92,7 @@ def paired(point: Sequence[float], reference: Sequence[float]) -> Paired | None:
     if len(point) < 2:
         return None
     diff = [a - b for a, b in zip(point, reference)]
-    return Paired(number=-1, mean=statistics.fmean(diff), se=statistics.stdev(diff) / len(diff) ** 0.5)
+    return Paired(mean=statistics.fmean(diff), se=statistics.stdev(diff) / len(diff) ** 0.5)
 
 
 def within_noise(points: Sequence[Point], draws: Mapping[int, Sequence[float]], reach: Mapping[int, Sequence[int]], *,
@@ -111,12 +111,14 @@ def within_noise(points: Sequence[Point], draws: Mapping[int, Sequence[float]], 
         ref = by_number[ref_number]
         counted = []
         for n in numbers:
-            p, diff = by_number[n], paired(draws[n], draws[ref_number])
-            if diff is None or p.size_bytes > ref.size_bytes or p.latency_ratio > ref.latency_ratio:
+            diff = paired(draws[n], draws[ref_number])
+            if diff is None or diff.mean < -diff.se - 1e-12:
                 continue
-            smaller = p.size_bytes < ref.size_bytes or p.latency_ratio < ref.latency_ratio
-            if diff.mean >= -diff.se - 1e-12 and (smaller or diff.mean > 0):
-                counted.append((p, dataclasses.replace(diff, number=n)))
+            # Within the noise, the point is credited with the reference's accuracy (or its lead
+            # where it is ahead), and dominance decides the rest.
+            credited = dataclasses.replace(by_number[n], accuracy=ref.accuracy + max(diff.mean, 0.0))
+            if dominates(credited, ref):
+                counted.append((by_number[n], diff))
         preferred = [c for c in counted if prefer(c[0])]
         out[ref_number] = min(preferred or counted, key=lambda c: (c[0].size_bytes, c[0].number)) if counted else None
     return out
