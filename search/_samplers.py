@@ -279,7 +279,7 @@ class AutoSampler(TimedSampler):
         the network goes first: its latency is then the reference's own (one measurement a
         network), so accuracy alone decides whether it beats its parent, where a narrower or
         shallower student must also lose no accuracy and be no slower. In the search-quality
-        benchmark's run that the README records, 16 of the 20 plans that beat a reference on the
+        benchmark's run of commit 26acdeb, 16 of the 20 plans that beat a reference on the
         mean of five training seeds kept the reference's network, and where structural steps went
         first (each kind once, because an untried kind is expected to change nothing) they took a
         reference's turns: a depth step lost 0.098. Then the move whose steps have cost the least accuracy so far in this study; among
