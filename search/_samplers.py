@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from squeeze.spaces import SqueezeError
 
 from ._local import Move, bit_trades, bits_saved, end_trades, key, latency_effects, one_steps, predicted, shrinking, step_effects
-from ._pareto import Point, Teacher, contributions
+from ._pareto import Point, Teacher, _dominates, contributions
 
 
 def _tpe(seed: int, trials: int) -> BaseSampler:
@@ -154,15 +154,11 @@ def _feasible(trial: FrozenTrial) -> bool:
 
 def _beaten(reference: FrozenTrial, trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> bool:
     """Whether a feasible trial of ``trials`` is at least as good as ``reference`` in every objective and better in one."""
-    sign = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
-    mine = [s * v for s, v in zip(sign, reference.values)]
-    for t in trials:
-        if t.number == reference.number or not _feasible(t) or t.values is None:
-            continue
-        theirs = [s * v for s, v in zip(sign, t.values)]
-        if all(a >= b for a, b in zip(theirs, mine)) and theirs != mine:
-            return True
-    return False
+    def minimised(t: FrozenTrial) -> tuple[float, ...]:
+        return tuple(-v if d == StudyDirection.MAXIMIZE else v for d, v in zip(directions, t.values))
+
+    mine = minimised(reference)
+    return any(_dominates(minimised(t), mine) for t in trials if _feasible(t) and t.number != reference.number)
 
 
 class AutoSampler(TimedSampler):
@@ -282,10 +278,11 @@ class AutoSampler(TimedSampler):
         benchmark's run of commit 26acdeb, 16 of the 20 plans that beat a reference on the
         mean of five training seeds kept the reference's network, and where structural steps went
         first (each kind once, because an untried kind is expected to change nothing) they took a
-        reference's turns: a depth step lost 0.098. Then the move whose steps have cost the least accuracy so far in this study; among
-        equals, a trade (the one move that can gain accuracy at the reference's latency: precision
-        goes where it is worth most; an end trade, of three steps, before a trade of two), then the
-        one that saves the most weight-bits (``_local.bits_saved``: the largest layer a step down).
+        reference's turns: a depth step lost 0.098. Then the move whose steps have cost the least
+        accuracy so far in this study; among equals, a trade (the one move that can gain accuracy
+        at the reference's latency: precision goes where it is worth most; an end trade, of three
+        steps, before a trade of two), then the one that saves the most weight-bits
+        (``_local.bits_saved``: the largest layer a step down).
 
         Moves that cannot beat the reference are left out: those whose steps have lost more than
         ``hopeless`` (one point) of accuracy so far, and those that change the network with steps

@@ -134,41 +134,39 @@ def test_auto_caps_the_moves_a_reference_gets() -> None:
     assert [t.user_attrs["local_from"] for t in moves] == [0, 0, 0]
 
 
-def test_a_reference_off_the_front_on_a_lucky_draw_still_gets_its_moves() -> None:
-    lucky = _REFERENCE | {"bits.l0": 4}
+_LUCKY = _REFERENCE | {"bits.l0": 4}
+"""A plan that draws high under the study's seed: smaller than ``_REFERENCE`` and, with its luck, more accurate."""
 
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
-        accuracy, size, latency = _peaked_objective(trial)
-        # One plan drew high under the study's seed: smaller than the reference and more accurate,
-        # so the reference is off the front from the second trial on.
-        return accuracy + (0.01 if trial.params == lucky else 0.0), size, latency
 
+def _lucky_objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    accuracy, size, latency = _peaked_objective(trial)
+    return accuracy + (0.01 if trial.params == _LUCKY else 0.0), size, latency
+
+
+def _lucky_study(*references: tuple[dict, str]) -> optuna.Study:
+    """``references`` (plan, label) enqueued in order, then ``_LUCKY``; 20 trials of ``_lucky_objective``, 3 moves a reference."""
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
                                 sampler=AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0, refine=3))
-    study.enqueue_trial(_REFERENCE, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
-    study.enqueue_trial(lucky)
-    study.optimize(objective, n_trials=20)
+    for plan, label in references:
+        study.enqueue_trial(plan, user_attrs={"reference": label})
+    study.enqueue_trial(_LUCKY)
+    study.optimize(_lucky_objective, n_trials=20)
+    return study
+
+
+def test_a_reference_off_the_front_on_a_lucky_draw_still_gets_its_moves() -> None:
+    # The lucky plan puts the reference off the front from the second trial on.
+    study = _lucky_study((_REFERENCE, "uniform 8-bit, sparsity 0"))
     assert 0 not in {t.number for t in study.best_trials}
     moves = [t for t in study.get_trials() if t.user_attrs.get("local_from") == 0]
     assert len(moves) == 3 and {t.user_attrs["local_kind"] for t in moves} == {"reference"}
 
 
 def test_a_reference_no_trial_beats_yet_gets_its_moves_before_a_beaten_one() -> None:
-    lucky = _REFERENCE | {"bits.l0": 4}
+    # The lucky plan beats the 8-bit reference; nothing here beats the 4-bit one, which every
+    # smaller plan of ``_peaked_objective`` at best ties.
     four = {f"bits.l{i}": 4 for i in range(3)} | {f"sparsity.l{i}": 0.0 for i in range(3)}
-
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
-        # The lucky plan beats the 8-bit reference; nothing here beats the 4-bit one, which every
-        # smaller plan of ``_peaked_objective`` at best ties.
-        accuracy, size, latency = _peaked_objective(trial)
-        return accuracy + (0.01 if trial.params == lucky else 0.0), size, latency
-
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=AutoSampler(seed=0, trials=40, local=0.0, refine_share=1.0, refine=3))
-    study.enqueue_trial(_REFERENCE, user_attrs={"reference": "uniform 8-bit, sparsity 0"})
-    study.enqueue_trial(four, user_attrs={"reference": "uniform 4-bit, sparsity 0"})
-    study.enqueue_trial(lucky)
-    study.optimize(objective, n_trials=20)
+    study = _lucky_study((_REFERENCE, "uniform 8-bit, sparsity 0"), (four, "uniform 4-bit, sparsity 0"))
     parents = [t.user_attrs["local_from"] for t in study.get_trials() if "local_from" in t.user_attrs]
     # The unbeaten reference's three moves first, though the beaten one is older; then the beaten
     # one's, which may still find a plan that beats it by more.
