@@ -5,7 +5,7 @@ training split, and given to each study as a checkpoint: the split follows the s
 teacher shared across seeds would have trained on the other seeds' held-out images), the same
 data, the same training budget per trial and the same number of trials:
 
-- ``auto`` (the default, see ``search/_samplers.py``), ``nsga2``, ``gp`` and ``random``: the
+- ``auto`` (the default, see ``docs/samplers.md``), ``nsga2``, ``gp`` and ``random``: the
   joint space, with the study's four uniform references (bits 8/4 x sparsity 0/0.5, full width)
   enqueued first, as every study does; ``auto`` then opens with its uniform anchors (4 bits,
   every student width and sparsity its start-up phase holds) where the others draw their first
@@ -80,7 +80,7 @@ from squeeze.search._study import (
     run_worker,
     worker_seed,
 )
-from squeeze.search._samplers import AutoSampler, make_sampler
+from squeeze.search.samplers import AutoSampler, make_sampler
 from squeeze.spaces import JointSpace, get_family
 
 REPO = Path(__file__).resolve().parents[1]

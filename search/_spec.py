@@ -19,10 +19,9 @@ from typing import Any
 from squeeze.objectives import CompressSpec, LatencySpec, TrainingBudget, list_tasks, task_loader
 from squeeze.spaces import SpaceSpec, SparsityRange, SqueezeError, get_family
 
-from ._samplers import list_samplers
+from .samplers import SAMPLERS
 
 DEFAULT_STORAGE = "sqlite:///studies/squeeze.db"
-SAMPLERS = tuple(list_samplers())
 OBJECTIVES = ("accuracy", "size", "latency")
 
 
@@ -37,7 +36,7 @@ class StudyOptions:
     ``anchors``: with the ``auto`` sampler, the study opens with uniform policies spread over the
     space's student widths and sparsities (at 4 bits, or the nearest allowed width above), as many
     as the sampler's start-up phase holds beside the references, in place of random draws; see
-    :func:`squeeze.search._opening.anchor_params`.
+    :func:`squeeze.search.samplers.anchor_params`.
 
     ``early_stop``: a trial that cannot meet the study's budgets stops as soon as that is known
     (recorded PRUNED, with the reason and the time it saved): before training when the smallest

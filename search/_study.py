@@ -39,11 +39,10 @@ from squeeze.spaces import JointSpace, SqueezeError, checkpoint_of, get_family, 
 from . import _storage as st
 from ._early import EarlyStop, StoppedEarly
 from ._latencies import LatencyBook
-from ._opening import anchor_params, reference_params
 from ._pareto import Point, Teacher, hypervolume, pareto_front
-from ._samplers import make_sampler, startup_trials
 from ._spec import StudyOptions, StudySpec
 from ._workers import Objective, WorkerReport, retry_callback, work, worker_seed
+from .samplers import anchor_params, make_sampler, reference_params, startup_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # We drive heartbeats ourselves around ask-and-tell (see _TrialHeartbeat), which Optuna warns about.

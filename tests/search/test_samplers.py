@@ -5,7 +5,7 @@ import time
 import optuna
 import pytest
 
-from squeeze.search._samplers import AutoSampler, list_samplers, make_sampler
+from squeeze.search.samplers import SAMPLERS, AutoSampler, make_sampler
 from squeeze.spaces import SqueezeError
 
 
@@ -19,7 +19,7 @@ def _objective(delay: float, params: int = 25):
     return objective
 
 
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_runs_and_records_its_cost(name: str) -> None:
     # Few parameters and a budget just past the start-up trials: GP's fit grows fast with both.
     sampler = make_sampler(name, seed=0, trials=8)
@@ -28,7 +28,7 @@ def test_every_sampler_runs_and_records_its_cost(name: str) -> None:
     trials = study.get_trials()
     assert len(trials) == 7
     assert all(t.user_attrs["sampler_ms"] >= 0 for t in trials)
-    assert all(t.user_attrs["sampler"] in list_samplers() for t in trials)
+    assert all(t.user_attrs["sampler"] in SAMPLERS for t in trials)
 
 
 def test_unknown_sampler_is_refused() -> None:
@@ -239,7 +239,7 @@ def test_a_reference_is_not_moved_by_steps_that_lost_more_than_a_point() -> None
 
 
 def test_latency_effects_count_finished_one_step_moves() -> None:
-    from squeeze.search._local import latency_effects
+    from squeeze.search.samplers._effects import latency_effects
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     make = optuna.trial.create_trial
@@ -316,7 +316,7 @@ def _ends_parent(bits: dict[str, int], **params) -> optuna.trial.FrozenTrial:
 
 
 def test_end_trades_raise_the_first_and_last_layers_and_lower_one_between_where_the_bytes_fall() -> None:
-    from squeeze.search._local import end_trades
+    from squeeze.search.samplers._moves import end_trades
 
     parent = _ends_parent(dict.fromkeys(ENDS, 4))
     space = {name: d for name, d in parent.distributions.items()}
@@ -349,7 +349,7 @@ def test_auto_tries_an_end_trade_of_a_reference_first_and_it_beats_the_reference
 
 
 def test_bits_saved_counts_weight_bits_of_the_bit_steps_only() -> None:
-    from squeeze.search._local import Move, bits_saved
+    from squeeze.search.samplers._moves import Move, bits_saved
 
     move = Move(parent=0, steps=(("bits.l0", 4, 8), ("bits.l3", 4, 3), ("sparsity.l1", 0.0, 0.25)), params={})
     assert bits_saved(move, ENDS) == 10 * -4 + 1000 * 1
@@ -358,7 +358,7 @@ def test_bits_saved_counts_weight_bits_of_the_bit_steps_only() -> None:
 
 
 def test_step_effects_learn_from_the_moves_so_far() -> None:
-    from squeeze.search._local import step_effects
+    from squeeze.search.samplers._effects import step_effects
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     make = optuna.trial.create_trial
@@ -381,7 +381,8 @@ def test_step_effects_learn_from_the_moves_so_far() -> None:
 
 
 def test_a_step_not_taken_yet_is_expected_to_do_what_its_kind_did() -> None:
-    from squeeze.search._local import Move, predicted
+    from squeeze.search.samplers._effects import predicted
+    from squeeze.search.samplers._moves import Move
 
     effects = {("bits.a", 4, 2): -0.1, ("bits.d", 4, 2): -0.3, ("bits.a", 4, 8): 0.05}
 
@@ -447,7 +448,7 @@ def test_one_step_moves_leave_bit_widths_alone_in_a_float_plan() -> None:
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 
-    from squeeze.search._local import one_steps
+    from squeeze.search.samplers._moves import one_steps
 
     space = {"precision": CategoricalDistribution(["per-layer", "float"]),
              "bits.l0": CategoricalDistribution([2, 4, 8]), "sparsity.l0": CategoricalDistribution([0.0, 0.25, 0.5])}

@@ -211,7 +211,7 @@ def _space(spec):
 
 
 def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_study) -> None:
-    from squeeze.search._opening import anchor_params, reference_params
+    from squeeze.search.samplers import anchor_params, reference_params
 
     path = tiny_study(name="anchors", extra="\n")
     spec = load_spec(path)
@@ -242,7 +242,7 @@ def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_stu
 
 
 def test_anchors_in_a_sparsity_range_take_its_low_end_and_its_middle(tiny_study) -> None:
-    from squeeze.search._opening import anchor_params
+    from squeeze.search.samplers import anchor_params
 
     path = tiny_study(name="ranged")
     path.write_text(path.read_text().replace("sparsity = [0.0, 0.5]", "sparsity = {low = 0.1, high = 0.7, step = 0.2}"))
@@ -256,7 +256,7 @@ def test_anchors_in_a_sparsity_range_take_its_low_end_and_its_middle(tiny_study)
 
 
 def test_an_auto_study_opens_with_references_then_anchors(tiny_study) -> None:
-    from squeeze.search._samplers import startup_trials
+    from squeeze.search.samplers import startup_trials
     from squeeze.search._study import connect, enqueue_references
 
     path = tiny_study(name="opening", trials=40, references=True)

@@ -1,18 +1,29 @@
 """What a study opens with: the uniform references, and the ``auto`` sampler's uniform anchors.
 
-References are the policies a person tries first (every layer the same bits and sparsity, the full
-student); every front is compared with them. Anchors are uniform policies spread over the space's
-student widths and sparsities (and one float plan), the start-up trials of ``auto`` in place of random draws.
+Rules:
+
+- **References** (:func:`reference_params`) are the uniform policies a person tries first: every
+  layer the same bits and sparsity (:data:`REFERENCE_GRID`), the full student; in a quantized
+  space, those whose bit-width it does not offer are left out. Why: every front is compared with them.
+- **Anchors** (:func:`anchor_params`) are ``auto``'s start-up trials in place of random draws:
+  uniform policies at :data:`ANCHOR_BITS`, spread over the space's student widths and sparsities
+  with the ends of both axes kept. Why: the model starts from the axis along which uniform policies
+  trade accuracy for size and speed, and searches per-layer departures from it.
+- **The float anchor.** Where the space offers ``precision = "float"``, the last anchor is the
+  float plan at the middle sparsity and full width. Why: whether int8 kernels beat float depends on
+  the machine, and where they do not, the 4-bit anchors do not lead to the front's fast end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from squeeze.spaces import JointSpace, SparsityRange
 
-from ._spec import StudySpec
+if TYPE_CHECKING:
+    # Annotations only: the study file's module imports this package for the sampler names.
+    from .._spec import StudySpec
 
 REFERENCE_GRID = ((8, 0.0), (4, 0.0), (8, 0.5), (4, 0.5))
 """Uniform policies a person would try first: (bits, sparsity) for every layer, full width."""
@@ -68,9 +79,7 @@ def anchor_params(spec: StudySpec, space: JointSpace, *, slots: int,
     if slots <= 0:
         return []
     if space.float_choice and slots >= 2:
-        # Whether int8 kernels beat float depends on the machine (on an AMD EPYC with AVX2 the
-        # search-quality benchmark's full-width int8 plans read 1.02x the float teacher, its uniform
-        # float plan at sparsity 0.5 0.46x), so one anchor starts the float side of the space.
+        # Whether int8 kernels beat float depends on the machine, so one anchor starts the float side.
         middle = levels[len(levels) // 2]
         params = {**space.uniform_params(sparsity=middle, bits=bits, width=widths[0]), "precision": "float"}
         if params not in seen:
