@@ -43,10 +43,11 @@ def _cifar(name: str, options: Mapping[str, Any], *, seed: int, data_dir: Path |
 
     opts = _image_options(name, options)
     reader = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    title = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
     files = [f for f, _ in (*reader.train_list, *reader.test_list)] + [reader.meta["filename"]]
     layout = (
         f"torchvision's layout: a folder `{folder}` holding " + ", ".join(f"`{f}`" for f in files)
-        + f", the original files (torchvision checks their checksums), given as `task.data` or as that folder's parent"
+        + f", the original {title} files (torchvision checks their checksums), given as `task.data` or as that folder's parent"
     )
     if data_dir is None:
         raise SqueezeError(f"`task.data` must name a folder in {layout}, for task {name!r}, but none was given.")
