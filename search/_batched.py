@@ -5,16 +5,17 @@ Optuna's RDB storage commits every ``suggest_*`` and every ``set_user_attr`` on 
 pure storage time per trial on PostgreSQL (see ``benchmarks/workers.py``). :class:`BatchedStorage`
 is Optuna's own cached wrapper with one change: a running trial's parameters and attributes are
 held in memory and written together, in one transaction, before anything reads that trial or
-changes its state, and whenever :meth:`BatchedStorage.flush` is called (the worker's heartbeat
-does, so other workers see a trial's parameters within a heartbeat).
+changes its state, and whenever :meth:`BatchedStorage.flush` is called: the worker does at the claim,
+the objective does once it has suggested its parameters (``_workers.write_params``), and the
+heartbeat does, so other workers see a trial's later writes within a heartbeat.
 
 What this keeps of Optuna's contract: every write precedes the trial's state change (so a
 COMPLETE trial always has its parameters); a parameter's distribution is checked against the
 study's when it is suggested (from the cache; a name this process has not seen yet is written
 through at once, which checks it against the database). What it relaxes: a worker killed before
-its first flush loses the parameters of its running trial, so the retry of that trial samples
-afresh; and a write to a trial another worker has already failed surfaces at the flush, not at the
-write (the worker loop expects that).
+a flush loses what it held for its running trial (so the worker writes the parameters before the
+trial's long part: the retry of a trial copies the parameters stored for it); and a write to a trial
+another worker has already failed surfaces at the flush, not at the write (the worker loop expects that).
 
 It relies on Optuna 5 internals (``_CachedStorage``, the RDB models); ``tests/search/test_storage.py``
 checks that what it writes reads back as Optuna wrote it.

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from optuna.storages._rdb import models as optuna_models
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -374,8 +376,7 @@ def _named_lock(engine: sa.Engine, name: str) -> Iterator[None]:
 # and stale trials cheaply, without loading every trial of a large study.
 
 _trials = sa.table("trials", sa.column("trial_id", sa.Integer), sa.column("number", sa.Integer),
-                   sa.column("study_id", sa.Integer), sa.column("state", sa.String),
-                   sa.column("datetime_start", sa.DateTime))
+                   sa.column("study_id", sa.Integer), sa.column("state", sa.String))
 _RUNNING = sa.literal_column("'RUNNING'")  # an untyped literal: PostgreSQL stores the state as an enum
 _heartbeats = sa.table("trial_heartbeats", sa.column("trial_id", sa.Integer), sa.column("heartbeat", sa.DateTime))
 
@@ -401,22 +402,40 @@ def stale_trials(engine: sa.Engine, study_id: int, *, grace_s: float) -> list[tu
     """(trial id, number) of running trials whose last heartbeat, or start if none, is older than ``grace_s``.
 
     Heartbeats are written with the database's clock (Optuna's ``record_heartbeat``) and compared
-    with it; a trial's start is Optuna's naive-UTC machine time, compared with this machine's.
+    with it. Optuna stores them without a zone, in the session's time zone on PostgreSQL (UTC on
+    SQLite), so they are read back through ``timestamptz``, which names that zone.
+
+    A trial's start is the claiming machine's clock, and what Optuna stores for it depends on its
+    version (naive local time before optuna/optuna#6776, naive UTC since), so it is read through
+    Optuna's own model, which gives this machine's local time either way, and compared with this
+    machine's local clock.
+    Workers beat under the study lock as they claim a trial, so only a trial whose worker died in
+    the middle of its claim is judged by its start.
     """
-    with engine.connect() as conn:
-        now = db_now(conn)
-        rows = conn.execute(
-            sa.select(_trials.c.trial_id, _trials.c.number, _trials.c.datetime_start, _heartbeats.c.heartbeat)
+    beat = _heartbeats.c.heartbeat
+    if engine.dialect.name == "postgresql":
+        beat = sa.cast(beat, postgresql.TIMESTAMP(timezone=True))
+    with Session(engine) as s:
+        now = db_now(s.connection())
+        rows = s.execute(
+            sa.select(_trials.c.trial_id, _trials.c.number, beat)
             .select_from(_trials.outerjoin(_heartbeats, _heartbeats.c.trial_id == _trials.c.trial_id))
             .where(_trials.c.study_id == study_id, _trials.c.state == _RUNNING)
         ).all()
+        unbeaten = [trial_id for trial_id, _, beat_at in rows if beat_at is None]
+        model = optuna_models.TrialModel
+        started = {t.trial_id: t.datetime_start
+                   for t in s.scalars(sa.select(model).where(model.trial_id.in_(unbeaten)))} if unbeaten else {}
+    local_now = dt.datetime.now()
     grace = dt.timedelta(seconds=grace_s)
     out = []
-    for trial_id, number, started, beat in rows:
-        if beat is not None:
-            if _naive_utc(beat) < now - grace:
-                out.append((trial_id, number))
-        elif started is not None and started < dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - grace:
+    for trial_id, number, beat_at in rows:
+        if beat_at is not None:
+            stale = _naive_utc(beat_at) < now - grace
+        else:
+            start = started.get(trial_id)
+            stale = start is not None and start < local_now - grace
+        if stale:
             out.append((trial_id, number))
     return sorted(out)
 

@@ -41,7 +41,7 @@ from ._early import EarlyStop, StoppedEarly
 from ._latencies import LatencyBook
 from ._pareto import Point, Teacher, hypervolume, pareto_front
 from ._spec import StudyOptions, StudySpec
-from ._workers import Objective, WorkerReport, retry_callback, work, worker_seed
+from ._workers import Objective, WorkerReport, retry_callback, work, worker_seed, write_params
 from .samplers import anchor_params, make_sampler, reference_params, startup_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -265,6 +265,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
         started = time.perf_counter()
 
         params = space.suggest(trial)
+        write_params(trial)  # a retry after this worker dies runs the same plan
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
         # A reference is the yardstick a front is compared with, so it is always measured to the end.
         stoppable = "reference" not in trial.user_attrs

@@ -14,6 +14,11 @@ machines; the database is the only thing they share. The rules they follow:
   silent for over ``study.grace_s`` seconds are failed and retried once
   (``RetryHeartbeatStaleTrialCallback(max_retry=1)`` puts a WAITING copy in the queue, which the
   next ``ask`` takes first).
+- **A retry runs the same plan.** The retry copies the parameters stored for the failed trial, and a
+  worker holds a trial's writes in memory (``_batched.py``), so they must reach the database before
+  the worker can die with them: the claim (with its first heartbeat, and what the sampler recorded)
+  is written before the study lock is released, and the objective calls :func:`write_params` as soon
+  as it has suggested its parameters, before it trains anything.
 - **Errors.** A trial that raises is recorded FAIL with the error in its ``error`` attribute, and the
   worker goes on; only a run of failures in a row stops it (the objective is broken, not a plan).
 - **Early stops.** A trial that raises ``optuna.TrialPruned`` (a budget it cannot meet) is recorded
@@ -81,6 +86,18 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     return RetryHeartbeatStaleTrialCallback(max_retry=1)
 
 
+def write_params(trial: optuna.Trial) -> None:
+    """Write the trial's parameters (and anything else held for it) to the database now.
+
+    An objective calls it once it has suggested its parameters, before the long part of the trial.
+    Without it they wait in memory for the next heartbeat, and a worker killed before then leaves a
+    running trial without parameters, whose retry would then sample a different plan.
+    """
+    storage = trial.storage
+    if isinstance(storage, BatchedStorage):
+        storage.flush(trial._trial_id)
+
+
 def state_counts(ctx: Context) -> dict[str, int]:
     """Trials by state, counted in the database (one indexed query, cheap at any study size)."""
     return st.trial_state_counts(ctx.engine, ctx.study._study_id)
@@ -129,9 +146,13 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._run, name="squeeze-heartbeat", daemon=True)
 
     def start_trial(self, trial: optuna.Trial) -> None:
-        """Beat for a newly claimed trial at once, so it is never without a heartbeat for long."""
+        """Beat for a newly claimed trial at once, writing what the claim holds (the sampler's attributes).
+
+        The worker calls it under the study lock, so no other worker's sweep sees the trial without
+        a heartbeat (and falls back to its start time: the claiming machine's clock, not the database's).
+        """
         self._trial = (trial._trial_id, trial.number)
-        self._beat_trial(trial._trial_id)  # the worker's own row follows at the next beat
+        self._beat_trial(trial._trial_id, flush=True)  # the worker's own row follows at the next beat
 
     def end_trial(self, state: TrialState) -> None:
         self._trial = None
@@ -228,11 +249,11 @@ def work(
                         if not counts["WAITING"]:
                             batched.skip_next_waiting_check()
                         trial = study.ask()
+                        beat.start_trial(trial)
                 if trial is None:
                     # The rest of the budget is running elsewhere; wait in case one of them fails.
                     _sleep(poll_s, flags)
                     continue
-                beat.start_trial(trial)
                 frozen = _run_one(study, trial, objective, flags)
                 done = frozen.state == TrialState.COMPLETE
                 pruned = frozen.state == TrialState.PRUNED

@@ -1,9 +1,11 @@
-"""Shared fixtures: tiny study files, and a fresh PostgreSQL database for the run.
+"""Shared fixtures: tiny study files, a fresh PostgreSQL database for the run, the real MNIST folder.
 
 PostgreSQL tests read the server URL from ``SQUEEZE_TEST_POSTGRES`` (for example
 ``postgresql+psycopg://root@127.0.0.1:5432/test``); they create a database of their own for the
-run and drop it afterwards. Without the variable they skip with a message; ``.ci/run`` sets it
-and fails when they were skipped.
+run and drop it afterwards. Tests on the real MNIST files take them from ``../shared/data/mnist``
+beside the repository (fixture ``mnist_dir``). Without either, those tests skip with a message;
+``.ci/run`` sets ``SQUEEZE_REQUIRE_POSTGRES=1`` and ``SQUEEZE_REQUIRE_MNIST=1``, which turn
+those skips into failures, so CI cannot pass by skipping them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ import pytest
 import sqlalchemy as sa
 
 PG_ENV = "SQUEEZE_TEST_POSTGRES"
+REQUIRE_PG_ENV = "SQUEEZE_REQUIRE_POSTGRES"
+REQUIRE_MNIST_ENV = "SQUEEZE_REQUIRE_MNIST"
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
+MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+"""What the MNIST tests read (MNIST's 10,000 test images, as published)."""
 
 TINY_STUDY = """
 [study]
@@ -76,14 +82,37 @@ def tiny_study(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+def skip_unless_present(why: str, *, required_by: str) -> None:
+    """Skip the test because ``why``, or fail it when ``$required_by`` is 1 (CI: the test must run)."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{required_by}=1 but {why}: this test must run here, "
+                    f"so provide what it needs or unset {required_by}.")
+    pytest.skip(why)
+
+
+def find_mnist(folder: Path) -> Path:
+    """``folder`` if it holds the MNIST files; otherwise skip (or fail, under ``SQUEEZE_REQUIRE_MNIST=1``)."""
+    missing = [name for name in MNIST_FILES if not (folder / name).is_file()]
+    if not folder.is_dir():
+        skip_unless_present(f"there is no MNIST folder at {folder}", required_by=REQUIRE_MNIST_ENV)
+    elif missing:
+        skip_unless_present(f"the MNIST folder {folder} lacks {', '.join(missing)}", required_by=REQUIRE_MNIST_ENV)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST folder, ``../shared/data/mnist`` beside the repository; every test that reads it asks for it."""
+    return find_mnist(MNIST)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run (dropped afterwards)."""
     base = os.environ.get(PG_ENV)
     if not base:
-        if os.environ.get("SQUEEZE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"SQUEEZE_REQUIRE_POSTGRES=1 but {PG_ENV} is not set: the PostgreSQL tests must run here")
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (a server URL such as postgresql+psycopg://root@127.0.0.1:5432/test)")
+        skip_unless_present(f"{PG_ENV} is not set (a server URL such as postgresql+psycopg://root@127.0.0.1:5432/test)",
+                            required_by=REQUIRE_PG_ENV)
     with fresh_pg_database(base, prefix="squeeze_test") as url:
         yield url
 

@@ -13,10 +13,6 @@ import torch
 from squeeze.objectives._tasks import TaskData, list_tasks, load_task, register_task
 from squeeze.spaces import SqueezeError
 
-# tests/objectives/test_tasks.py -> [0] tests/objectives, [1] tests, [2] repo root, [3] the folder above it.
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
-
-
 def _write_idx(path: Path, array: np.ndarray, *, magic: int | None = None, cut: int = 0) -> Path:
     """Write ``array`` (uint8) as IDX; ``magic`` overrides the header, ``cut`` drops trailing bytes."""
     if magic is None:
@@ -314,14 +310,12 @@ def test_folder_without_a_pair(tmp_path: Path) -> None:
 # --- the real MNIST test set -------------------------------------------------------------------
 
 
-def test_real_mnist_t10k_folder() -> None:
-    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"no MNIST IDX files at {MNIST_DIR}")
-    data = _load("mnist", data_dir=MNIST_DIR, holdout=0.2, seed=0)
+def test_real_mnist_t10k_folder(mnist_dir: Path) -> None:
+    data = _load("mnist", data_dir=mnist_dir, holdout=0.2, seed=0)
     assert data.x_train.shape == (8000, 1, 28, 28) and data.x_holdout.shape == (2000, 1, 28, 28)
     counts = torch.bincount(torch.cat([data.y_train, data.y_holdout]), minlength=10)
     assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the published ones
     assert data.x_train.mean().abs() < 1e-4 and (data.x_train.std() - 1).abs() < 1e-4
-    small = _load("mnist", data_dir=MNIST_DIR, options={"limit": 500, "holdout_limit": 100}, seed=0)
+    small = _load("mnist", data_dir=mnist_dir, options={"limit": 500, "holdout_limit": 100}, seed=0)
     assert len(small.x_train) == 500 and len(small.x_holdout) == 100
     assert set(small.y_train.tolist()) == set(range(10))

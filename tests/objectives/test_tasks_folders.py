@@ -153,12 +153,8 @@ def test_bad_image_options_name_the_key(options: dict, message: str, tmp_path: P
         _load("cifar10", tmp_path, **options)
 
 
-def test_mnist_takes_input_size(tmp_path: Path) -> None:
-    from conftest import MNIST
-
-    if not MNIST.is_dir():
-        pytest.skip(f"no MNIST folder at {MNIST}")
-    data = _load("mnist", MNIST, limit=50, holdout_limit=20, input_size=16, mean=0.1307, std=0.3081)
+def test_mnist_takes_input_size(mnist_dir: Path) -> None:
+    data = _load("mnist", mnist_dir, limit=50, holdout_limit=20, input_size=16, mean=0.1307, std=0.3081)
     assert data.input_size == (16, 16) and data.in_channels == 1
 
 

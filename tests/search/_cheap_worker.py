@@ -1,11 +1,15 @@
 """A worker process with a cheap objective, for tests and benchmarks about workers, not networks.
 
     python tests/search/_cheap_worker.py STUDY.toml [--worker N] [--sleep S] [--create]
-        [--fail-every K] [--set KEY=VALUE ...] [--mode work|teacher]
+        [--fail-every K] [--die-at-start N] [--set KEY=VALUE ...] [--mode work|teacher]
 
 ``work`` joins the study (``--create`` makes it first) and runs :func:`run_worker` with an
 objective that suggests 30 parameters, as the real joint space of the default study does, sleeps
-``S`` seconds and returns a formula of them; it prints ``{"start": N}`` as trial N begins.
+``S`` seconds and returns a formula of them; it prints ``{"start": N}`` as trial N begins (its
+parameters written, as the real objective writes them). ``--die-at-start N`` kills the process
+(SIGKILL) right then in its N-th trial: a worker that dies between a claim and its first heartbeat.
+(From the second trial on: in the first, the parameter names are new to the worker, so each one
+is written through at once, whatever the objective does.)
 ``teacher`` creates-or-loads the study and its teacher (the real ``ensure_teacher``), then exits.
 Both print one JSON line on stdout at the end; bad input ends like the CLI: one sentence on
 stderr and exit status 2.
@@ -16,21 +20,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import time
 
 N_LAYERS = 10  # x 3 parameters (sparsity, bits, an integer knob) = 30, like the default study's space
 
 
-def cheap_objective(*, sleep_s: float, fail_every: int = 0):
+def cheap_objective(*, sleep_s: float, fail_every: int = 0, die_at_start: int = 0):
     """Suggest 30 parameters, sleep, return (accuracy, size, latency ratio) from a formula."""
+    from squeeze.search._workers import write_params
+
+    started = 0
 
     def objective(trial):
+        nonlocal started
+        started += 1
         sparsity = [trial.suggest_float(f"sparsity.layer{i}", 0.0, 0.9, step=0.1) for i in range(N_LAYERS)]
         bits = [trial.suggest_categorical(f"bits.layer{i}", [2, 4, 8, 32]) for i in range(N_LAYERS)]
         width = [trial.suggest_int(f"student.width{i}", 1, 8) for i in range(N_LAYERS)]
+        write_params(trial)
         # Tests read this line to act while the trial runs (kill its worker, say).
         print(json.dumps({"start": trial.number}), flush=True)
+        if started == die_at_start:
+            os.kill(os.getpid(), signal.SIGKILL)
         if fail_every and trial.number % fail_every == fail_every - 1:
             raise ValueError(f"planned failure of trial {trial.number}")
         if sleep_s:
@@ -51,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument("--create", action="store_true")
     parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--die-at-start", type=int, default=0, metavar="N")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--mode", choices=("work", "teacher"), default="work")
     parser.add_argument("--go", default=None,
@@ -77,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.go:
             _wait_for_go(args.go, args.worker)
         started = time.perf_counter()
-        report = run_worker(ctx, cheap_objective(sleep_s=args.sleep, fail_every=args.fail_every), worker=args.worker)
+        report = run_worker(ctx, cheap_objective(sleep_s=args.sleep, fail_every=args.fail_every,
+                                                    die_at_start=args.die_at_start), worker=args.worker)
     except SqueezeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -99,8 +115,6 @@ def _wait_for_go(go: str, worker: int) -> None:
 def child(argv: list[str], output: str) -> None:
     """Entry point for a forked worker (tests start them from a preloaded fork server, which skips
     importing torch afresh each time): stdout and stderr go to ``output``."""
-    import os
-
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -8,7 +8,6 @@ and after, and checks the single ``error:`` line names the file or key and what 
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import struct
 import subprocess
@@ -69,7 +68,7 @@ class Env:
     url: str
     seeded: dict
     make_study: Callable[..., Path]
-    pg: str | None = None
+    pg: Callable[[], str]  # the test database's URL; skips, or fails under SQUEEZE_REQUIRE_POSTGRES=1, without one
     watch: list[str] = field(default_factory=list)  # further storage URLs whose rows must not change
 
     def study(self, *, replace: dict[str, str] | None = None, extra: str = "", name: str = "fresh",
@@ -104,10 +103,9 @@ def _mnist(env: Env, *, images_magic: int | None = None, cut: int = 0, gz: bool 
 
 
 def _pg(env: Env, **parts: str) -> str:
-    if env.pg is None:
-        pytest.skip("needs the PostgreSQL server of SQUEEZE_TEST_POSTGRES")
-    env.watch.append(env.pg)
-    return sa.engine.make_url(env.pg).set(**parts).render_as_string(hide_password=False)
+    url = env.pg()
+    env.watch.append(url)
+    return sa.engine.make_url(url).set(**parts).render_as_string(hide_password=False)
 
 
 def _broken_factory(env: Env) -> list[str]:
@@ -250,9 +248,9 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
 
 @pytest.mark.parametrize(("build", "expect"), [pytest.param(b, x, id=i) for i, b, x in CASES])
 def test_bad_input(build, expect, seeded, tiny_study, tmp_path, capfd, request) -> None:
-    pg = os.environ.get("SQUEEZE_TEST_POSTGRES")
+    # Only the PostgreSQL cases ask for the database, through the shared fixture and its rules.
     env = Env(tmp=tmp_path, url=seeded["url"], seeded=seeded, make_study=tiny_study,
-              pg=request.getfixturevalue("pg_url") if pg else None)
+              pg=lambda: request.getfixturevalue("pg_url"))
     argv = build(env)
     watched = [seeded["url"], *env.watch]
     before = {url: _counts(url) for url in watched}

@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from _data_folders import accept_generated_cifar, write_cifar10
-from conftest import MNIST, REPO
+from conftest import REPO
 from squeeze.objectives import load_artifact
 from squeeze.search import _storage
 from squeeze.search._cli import main
@@ -87,11 +87,10 @@ def _cifar_study(tmp_path: Path, *, name: str = "cifar", family: str = "mobilene
     return path
 
 
-@pytest.mark.skipif(not MNIST.is_dir(), reason=f"no MNIST folder at {MNIST}")
-def test_resnet18_on_real_mnist_runs_to_the_end(tmp_path: Path, capfd) -> None:
+def test_resnet18_on_real_mnist_runs_to_the_end(tmp_path: Path, capfd, mnist_dir: Path) -> None:
     db = tmp_path / "mnist.db"
     code, out, err = _cli(
-        capfd, "run", str(REPO / "studies" / "resnet18_mnist.toml"), "--data", str(MNIST), "--trials", "2",
+        capfd, "run", str(REPO / "studies" / "resnet18_mnist.toml"), "--data", str(mnist_dir), "--trials", "2",
         "--storage", f"sqlite:///{db}", *TINY_RUN,
         "--set", "task.options.limit=160", "--set", "task.options.holdout_limit=80", "--set", "task.options.input_size=16",
         "--set", "task.model.widths=[8, 8, 16, 16]",
@@ -197,12 +196,13 @@ def test_every_shipped_study_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> N
     assert any(":" in s.task.family for s in specs)
 
 
-@pytest.mark.skipif(not MNIST.is_dir(), reason=f"no MNIST folder at {MNIST}")
-def test_the_user_model_example_runs_to_the_end(tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_user_model_example_runs_to_the_end(tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch,
+                                                mnist_dir: Path) -> None:
     monkeypatch.chdir(REPO)
     db = tmp_path / "custom.db"
     code, out, err = _cli(
-        capfd, "run", "studies/custom_mnist.toml", "--data", str(MNIST), "--trials", "2", "--storage", f"sqlite:///{db}",
+        capfd, "run", "studies/custom_mnist.toml", "--data", str(mnist_dir), "--trials", "2",
+        "--storage", f"sqlite:///{db}",
         *TINY_RUN, "--set", "task.options.limit=120", "--set", "task.options.holdout_limit=60",
         "--set", "task.options.input_size=12", "--set", "task.model.kwargs={ width = 8, blocks = 2 }",
         "--set", "task.model.knobs={ width = [4, 8], blocks = [1, 2] }",

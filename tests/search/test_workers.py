@@ -7,6 +7,7 @@ the study file like any other key.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import multiprocessing
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -168,6 +170,7 @@ def test_a_killed_workers_trial_fails_after_the_grace_period_and_is_retried_once
     assert GRACE_S - HEARTBEAT_S - 0.5 <= delay <= GRACE_S + HEARTBEAT_S + trial_s + 2.0, delay
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == number]
     assert len(retries) == 1
+    assert len(dead.params) == 30
     assert retries[0].state == TrialState.COMPLETE and retries[0].params == dead.params
 
     shown = subprocess.run([sys.executable, "-m", "squeeze.search._cli", "status", name, "--storage", pg_url],
@@ -186,15 +189,20 @@ def _row(table: str, label: str) -> str:
 def test_killing_every_worker_then_starting_one_finishes_the_study(pg_url: str, pg_study) -> None:
     path, name = pg_study(trials=10)
     create(path)
-    workers = [Worker(path, worker=i, sleep=1.5) for i in range(3)]
-    for w in workers:
+    # The first dies (SIGKILL, by its own hand) as soon as it has chosen its second trial's
+    # parameters, long before a heartbeat could write them (its first trial runs 0.2 s, its
+    # heartbeats are 1 s apart); the others are killed as their first trial starts.
+    workers = [Worker(path, worker=0, sleep=0.2, args=("--die-at-start", "2")),
+               *(Worker(path, worker=i, sleep=1.5) for i in (1, 2))]
+    workers[0].wait_for_start(after=1)
+    for w in workers[1:]:
         w.wait_for_start()
-    for w in workers:
         w.kill(signal.SIGKILL)
-    for w in workers:
-        w.finish()
+    assert [w.finish() for w in workers] == [-signal.SIGKILL] * 3
     stale = [t for t in trials_of(pg_url, name) if t.state == TrialState.RUNNING]
     assert len(stale) == 3
+    # What a retry copies: every parameter the dead trial had been given.
+    assert [len(t.params) for t in stale] == [30, 30, 30]
     last_before = max(t.number for t in trials_of(pg_url, name))
     time.sleep(GRACE_S + 0.5)  # the dead workers' heartbeats are now past the grace period
 
@@ -211,7 +219,68 @@ def test_killing_every_worker_then_starting_one_finishes_the_study(pg_url: str, 
     # Each stale trial was retried once, first, with its own parameters.
     retried = {t.system_attrs.get("failed_trial"): t for t in new if "failed_trial" in t.system_attrs}
     assert set(retried) == {t.number for t in stale}
-    assert all(retried[t.number].params == t.params for t in stale if t.params)
+    assert all(retried[t.number].params == t.params for t in stale)
+    assert all(retried[t.number].state == TrialState.COMPLETE for t in stale)
+
+
+@contextlib.contextmanager
+def _time_zone(zone: str) -> Iterator[None]:
+    """This process's local time zone (what ``datetime.now()`` reads) set to ``zone``, then put back."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])
+def test_stale_trials_are_found_whatever_the_local_and_database_time_zones(zone: str, backend: str,
+                                                                          tmp_path: Path, request) -> None:
+    # Optuna stamps a trial's start with this machine's local time, and (on PostgreSQL) its
+    # heartbeats with the database session's zone: both are set away from UTC here, on either side.
+    from conftest import fresh_pg_database
+
+    from optuna.storages._rdb import models
+    from sqlalchemy.orm import Session
+
+    from squeeze.search._storage import stale_trials
+
+    grace_s, old = 60, dt.timedelta(seconds=120)
+    with contextlib.ExitStack() as stack:
+        if backend == "postgresql":
+            url = stack.enter_context(fresh_pg_database(request.getfixturevalue("pg_url"), prefix="squeeze_tz"))
+            admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"ALTER DATABASE \"{sa.engine.make_url(url).database}\" SET timezone = '{zone}'"))
+            admin.dispose()
+        else:
+            url = f"sqlite:///{tmp_path / 'tz.db'}"
+        stack.enter_context(_time_zone(zone))
+        storage = optuna.storages.RDBStorage(url)
+        stack.callback(storage.engine.dispose)
+        study = optuna.create_study(storage=storage, directions=["maximize", "minimize", "minimize"])
+        fresh_start, old_start, fresh_beat, old_beat = (study.ask()._trial_id for _ in range(4))
+        for trial_id in (fresh_beat, old_beat):
+            storage.record_heartbeat(trial_id)
+        engine = sa.create_engine(url)
+        stack.callback(engine.dispose)
+        # Two minutes taken off one start and one heartbeat, each as its writer wrote it: the start
+        # through Optuna's own model (what it stores for a local time depends on its version), the
+        # beat as the database's clock stored it (a typed column, as SQLite stores text).
+        with Session(engine) as s, s.begin():
+            s.get(models.TrialModel, old_start).datetime_start = dt.datetime.now() - old
+            beats = sa.table("trial_heartbeats", sa.column("trial_id", sa.Integer), sa.column("heartbeat", sa.DateTime))
+            beat = s.execute(sa.select(beats.c.heartbeat).where(beats.c.trial_id == old_beat)).scalar_one()
+            s.execute(sa.update(beats).where(beats.c.trial_id == old_beat).values(heartbeat=beat - old))
+        stale = [trial_id for trial_id, _ in stale_trials(engine, study._study_id, grace_s=grace_s)]
+    assert stale == [old_start, old_beat]
 
 
 def test_eight_processes_create_the_same_new_study_at_once_and_train_one_teacher(pg_url: str, tiny_study) -> None:
