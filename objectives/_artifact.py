@@ -22,6 +22,12 @@ No offsets or names are stored: the architecture, rebuilt from ``arch``, lists t
 a fixed order and the plan gives each its width, so the layout follows from the header. A safetensors
 file was the first format; its JSON-in-JSON metadata and per-tensor headers cost up to 90% over
 the floor on the smallest models the search finds.
+
+A file is data from anywhere, and its checksum only catches accidents (anyone can recompute it).
+So loading never imports or calls what the file names: a built-in family is looked up by name, a
+user's factory is used only when the caller hands it over (``family=``, or its module in
+``allow=``), and the architecture is checked and laid out without storage before anything is
+allocated (``_rebuild``).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +45,10 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from squeeze.spaces import CompressionPlan, SqueezeError, get_family
+from squeeze.spaces import CompressionPlan, SqueezeError, family_named
 
-from ._materialize import activation_order, fold_batchnorm, remove_channels, to_int8
+from ._materialize import activation_order, to_int8
+from ._rebuild import Arch, FamilyArg, materialize, shape_of
 
 FORMAT = "squeeze-artifact/1"
 MAGIC = b"SQZ1"
@@ -49,6 +56,12 @@ CHECKSUM_BYTES = 8
 _HEAD = struct.Struct("<4sI")
 ACT_BYTES = 5
 """Bytes per activation quantize point: a float32 scale and a uint8 zero point."""
+REGISTRATIONS_PER_BYTE = 2
+"""Modules and parameters a file's architecture may register per payload byte (plus a floor).
+
+Every layer left after folding stores at least a weight and a bias of a few bytes, and a block
+of a few modules holds one such layer, so real files stay far below this."""
+REGISTRATIONS_FLOOR = 1024
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -68,58 +81,6 @@ def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Arch:
-    """What rebuilds the materialized architecture: family, options, student, kept channels."""
-
-    family: str
-    options: Mapping[str, Any]
-    student: Mapping[str, Any]
-    in_channels: int
-    num_classes: int
-    input_size: tuple[int, int]
-    channels: Mapping[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "options": dict(self.options),
-            "student": {k: dict(v) for k, v in self.student.items()},
-            "in_channels": self.in_channels,
-            "num_classes": self.num_classes,
-            "input_size": list(self.input_size),
-            "channels": dict(self.channels),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Arch:
-        return cls(
-            family=d["family"],
-            options=d["options"],
-            student=d["student"],
-            in_channels=int(d["in_channels"]),
-            num_classes=int(d["num_classes"]),
-            input_size=tuple(d["input_size"]),
-            channels=d["channels"],
-        )
-
-    def example(self, batch: int = 1) -> torch.Tensor:
-        return torch.zeros(batch, self.in_channels, *self.input_size)
-
-    def rebuild_float(self) -> fx.GraphModule:
-        """The folded float module with the right shapes (its values are overwritten on load)."""
-        family = get_family(self.family)
-        # Built outside any inference mode of the caller: Torch-Pruning traces through autograd.
-        with torch.inference_mode(False):
-            model = family.build(
-                self.options, in_channels=self.in_channels, num_classes=self.num_classes, student=self.student or None
-            )
-            modules = dict(model.named_modules())
-            keep = {n: list(range(c)) for n, c in self.channels.items() if modules[n].weight.shape[0] != c}
-            remove_channels(model, keep, example=self.example())
-            return fold_batchnorm(model)
 
 
 _LEAF_RANK = {"weight": 0, "bias": 1}
@@ -282,16 +243,61 @@ def _split(blob: bytes, source: str) -> tuple[bytes, bytes]:
     return body[_HEAD.size : _HEAD.size + n], body[_HEAD.size + n :]
 
 
-def decode(blob: bytes, *, source: str = "artifact") -> Loaded:
-    """Rebuild the runnable module from artifact bytes; a damaged file gives a SqueezeError."""
-    header, payload = _split(bytes(blob), source)
+def _invalid(source: str, exc: BaseException) -> SqueezeError:
+    reason = (str(exc).strip().splitlines() or [""])[0][:200].rstrip(".")
+    return SqueezeError(
+        f"`{source}` is not a valid squeeze artifact: its checksum holds but its contents do not parse "
+        f"({type(exc).__name__}{': ' + reason if reason else ''})."
+    )
+
+
+def _parse(header: bytes, source: str) -> tuple[Arch, CompressionPlan, dict[str, Any]]:
     try:
         arch_line, plan_line, card_line = header.decode("utf-8").split("\n")
         arch = Arch.from_dict(json.loads(arch_line))
         plan = CompressionPlan.from_json(plan_line)
         card = json.loads(card_line)
-        folded = arch.rebuild_float()
-        slots = _slots(folded, plan)
+        if not isinstance(card, dict):
+            raise ValueError(f"the card must be a table, but got a {type(card).__name__}")
+    except Exception as exc:  # noqa: BLE001 - a checksummed header that does not parse is of another make
+        raise _invalid(source, exc) from None
+    return arch, plan, card
+
+
+def _layout(slots: list[_Slot]) -> int:
+    """Payload bytes the weights of ``slots`` take, before the activation region."""
+    total = 0
+    for s in slots:
+        if s.kind == "q":
+            total += math.ceil(s.count * s.bits / 8) + 4 * s.shape[0]
+        else:
+            total += s.count * (2 if s.kind == "h" else 4)
+    return total
+
+
+def decode(blob: bytes, *, source: str = "artifact", family: FamilyArg = None, allow: Sequence[str] = ()) -> Loaded:
+    """Rebuild the runnable module from artifact bytes; a damaged or refused file gives one SqueezeError.
+
+    Nothing the file names is imported or called: a built-in family is looked up by name, and a
+    user's family (``package.module:factory``) is used only when handed over as ``family`` (its
+    factory, or a :class:`ModelFamily` of that name) or when its module is listed in ``allow``.
+    Every field of the header is checked, and the architecture is laid out on the meta device and
+    compared with the bytes the file holds before any tensor is allocated.
+    """
+    header, payload = _split(bytes(blob), source)
+    arch, plan, card = _parse(header, source)
+    chosen = family_named(arch.family, source=source, family=family, allow=allow)
+    try:
+        budget = REGISTRATIONS_FLOOR + REGISTRATIONS_PER_BYTE * len(payload)
+        shape = shape_of(arch, chosen, registrations=budget)
+        slots = _slots(shape.module, plan)
+        need = _layout(slots)
+        if need > len(payload) or (len(payload) - need) % ACT_BYTES:
+            raise ValueError(f"the payload holds {len(payload)} bytes, but its architecture lays out {need} "
+                             f"and {ACT_BYTES} a quantize point")
+        folded = materialize(arch, shape, chosen)
+        if folded is not shape.module and _slots(folded, plan) != slots:
+            raise ValueError("the architecture built for real differs from its layout")
         reader = _Reader(payload)
         ints = {s.name: reader.take(math.ceil(s.count * s.bits / 8)) for s in slots if s.kind == "q"}
         scales = {s.name.rpartition(".")[0]: torch.from_numpy(reader.array("<f4", s.shape[0])) for s in slots if s.kind == "q"}
@@ -318,21 +324,21 @@ def decode(blob: bytes, *, source: str = "artifact") -> Loaded:
         folded.load_state_dict(state, strict=True)
         module = to_int8(folded, dict(plan.bits), scales, list(zip(act_scales, act_zps)), example=arch.example())
     except Exception as exc:  # noqa: BLE001 - a checksummed file that does not parse is of another make
-        reason = (str(exc).strip().splitlines() or [""])[0][:160].rstrip(".")
-        raise SqueezeError(
-            f"`{source}` is not a valid squeeze artifact: its checksum holds but its contents do not parse "
-            f"({type(exc).__name__}{': ' + reason if reason else ''})."
-        ) from None
+        raise _invalid(source, exc) from None
     return Loaded(
         module=module, arch=arch, plan=plan, card=card, sha256=hashlib.sha256(blob).hexdigest(),
         size_bytes=len(blob), floor_bytes=_floor(slots, arch=arch, plan=plan, card=card, activations=count),
     )
 
 
-def size_floor(*, arch: Arch, plan: CompressionPlan, card: Mapping[str, Any], activations: int) -> float:
+def size_floor(
+    *, arch: Arch, plan: CompressionPlan, card: Mapping[str, Any], activations: int, family: FamilyArg = None,
+    allow: Sequence[str] = (),
+) -> float:
     """The least bytes that this model's information takes, with no container around it.
 
-    Counted from the architecture rebuilt from ``arch``, not from the file:
+    Counted from the architecture rebuilt from ``arch`` (its shapes only; ``family`` and ``allow``
+    as for :func:`decode`), not from the file:
 
     - every kept weight of a layer at ``b`` <= 8 bits: ``b / 8`` bytes (no rounding to a byte);
     - every other parameter (biases, layers left in float): 4 bytes; of 16-bit layers: 2 bytes;
@@ -344,7 +350,8 @@ def size_floor(*, arch: Arch, plan: CompressionPlan, card: Mapping[str, Any], ac
     What a file holds beyond this is its container: signature, lengths, line breaks, the padding of
     each packed tensor to a whole byte and the checksum.
     """
-    return _floor(_slots(arch.rebuild_float(), plan), arch=arch, plan=plan, card=card, activations=activations)
+    chosen = family_named(arch.family, source="the architecture", family=family, allow=allow)
+    return _floor(_slots(shape_of(arch, chosen).module, plan), arch=arch, plan=plan, card=card, activations=activations)
 
 
 def _floor(slots: list[_Slot], *, arch: Arch, plan: CompressionPlan, card: Mapping[str, Any], activations: int) -> float:
@@ -358,11 +365,15 @@ def _floor(slots: list[_Slot], *, arch: Arch, plan: CompressionPlan, card: Mappi
     return total
 
 
-def load_artifact(path: str | Path) -> Loaded:
-    """Load an artifact file into a runnable module (no unpickling)."""
+def load_artifact(path: str | Path, *, family: FamilyArg = None, allow: Sequence[str] = ()) -> Loaded:
+    """Load an artifact file into a runnable module; no unpickling, and nothing the file names is imported.
+
+    A file of a user's family loads only with ``family`` (its factory or :class:`ModelFamily`) or
+    its module in ``allow``; see :func:`decode`.
+    """
     p = Path(path)
     try:
         blob = p.read_bytes()
     except OSError as exc:
         raise SqueezeError(f"cannot read artifact `{p}`: {exc.strerror}.") from None
-    return decode(blob, source=str(p))
+    return decode(blob, source=str(p), family=family, allow=allow)

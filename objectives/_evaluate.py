@@ -130,7 +130,7 @@ def size_lower_bound(
         kept = max(1, total - math.ceil(ratio * total)) if ratio > 0 else total
         channels[name] = min(total, math.ceil(kept / compress.round_channels) * compress.round_channels)
     arch = _arch(plan, family=family, options=options, data=data, channels=channels)
-    return size_floor(arch=arch, plan=plan, card={}, activations=0)
+    return size_floor(arch=arch, plan=plan, card={}, activations=0, family=family)
 
 
 def _arch(plan: CompressionPlan, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData,
@@ -233,7 +233,7 @@ def evaluate_plan(
     arch = _arch(plan, family=family, options=options, data=data,
                  channels=out_channels(student, family.prunable(student)))
     draft = encode(folded, arch=arch, plan=plan, scales=scales, activations=activations)
-    deployed = decode(draft).module
+    deployed = decode(draft, family=family).module
     lap("materialize")
 
     acc = accuracy(deployed, data.x_holdout, data.y_holdout)

@@ -300,7 +300,10 @@ def export_trial(target: Target, number: int, out: str | Path) -> Path:
     row = st.get_artifact(engine, target.name, number)
     if row is None:
         raise SqueezeError(f"trial {number} of study {target.name!r} has no stored artifact.")
-    decode(row.data, source=f"trial {number}")
+    # With a study file, its family decodes the bytes; with a study name, only a built-in family can:
+    # a user's factory is never imported because a database names it (the refusal asks for the file).
+    family = get_family(target.spec.task.family) if target.spec is not None else None
+    decode(row.data, source=f"trial {number} of study {target.name!r}", family=family)
     return _write(Path(out), row.data)
 
 

@@ -190,7 +190,7 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
                               device=training_device(spec.task.device))
             weights = _state_bytes(model)
             art = teacher_artifact(model, family=family, options=spec.task.model, data=data)
-            deployed = decode(art).module
+            deployed = decode(art, family=family).module
             acc = accuracy(deployed, data.x_holdout, data.y_holdout)
             lat = measure(deployed, deployed, data.x_train[:1], spec=spec.latency)
             import hashlib
@@ -222,7 +222,8 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
             f"the stored teacher of study {spec.study.name!r} does not fit `task.model`; use a new study name."
         ) from None
     model.eval()
-    deployed = decode(row.artifact).module
+    # The family is the study file's, never a name read from the stored bytes (the database may come from elsewhere).
+    deployed = decode(row.artifact, source=f"the stored teacher of study {spec.study.name!r}", family=family).module
     return TeacherBundle(model=model, deployed=deployed, accuracy=row.accuracy, size_bytes=row.size_bytes,
                          latency_ms=row.latency_ms, sha256=row.sha256)
 

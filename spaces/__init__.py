@@ -3,7 +3,7 @@
 from . import _cnn, _torchvision  # noqa: F401  (register the built-in families)
 from ._checkpoint import checkpoint_of, load_checkpoint
 from ._errors import SqueezeError
-from ._families import Knob, ModelFamily, get_family, list_families, register_family
+from ._families import Knob, ModelFamily, family_named, get_family, list_families, register_family
 from ._groups import Group, discover
 from ._plan import ALLOWED_BITS, CompressionPlan
 from ._space import JointSpace, SpaceSpec, SparsityRange
@@ -21,6 +21,7 @@ __all__ = [
     "SqueezeError",
     "checkpoint_of",
     "discover",
+    "family_named",
     "get_family",
     "import_object",
     "list_families",

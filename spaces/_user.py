@@ -66,11 +66,20 @@ def _scalar(value: Any) -> bool:
 
 
 class ModuleFamily:
-    """The family ``package.module:factory``: options ``kwargs``, ``knobs`` and ``checkpoint``."""
+    """The family ``package.module:factory``: options ``kwargs``, ``knobs`` and ``checkpoint``.
 
-    def __init__(self, name: str) -> None:
+    With ``factory``, that callable is the family and ``name`` is only its label: nothing is
+    imported. That is how an artifact that names a user's factory is loaded, the caller handing
+    the factory over rather than the file naming what to import.
+    """
+
+    def __init__(self, name: str, *, factory: Callable[..., Any] | None = None) -> None:
         self.name = name
-        self.factory = import_object(name, key="task.family", expected=FACTORY_EXPECTED)
+        if factory is None:
+            factory = import_object(name, key="task.family", expected=FACTORY_EXPECTED)
+        elif not callable(factory):
+            raise SqueezeError(f"the factory of family {name!r} must be callable, but got a {type(factory).__name__}.")
+        self.factory = factory
         try:
             self._params = inspect.signature(self.factory).parameters
         except (TypeError, ValueError):

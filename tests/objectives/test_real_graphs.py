@@ -61,7 +61,7 @@ def _teacher(name: str):
     family = get_family(name)
     options = family.check_options(TINY[name])
     teacher = family.build(options, in_channels=1, num_classes=3).eval()
-    deployed = decode(teacher_artifact(teacher, family=family, options=options, data=DATA)).module
+    deployed = decode(teacher_artifact(teacher, family=family, options=options, data=DATA), family=family).module
     return family, options, teacher, deployed
 
 
@@ -90,7 +90,7 @@ def test_random_plans_compress_materialize_run_and_reload(name: str, tmp_path: P
         assert judged.attrs()["device"] == "cpu" and judged.attrs()["latency_device"] == "cpu"
         path = tmp_path / f"trial{i}.sqz"
         path.write_bytes(judged.artifact)  # what `squeeze export` writes
-        loaded = load_artifact(path)
+        loaded = load_artifact(path, family=family)  # a user's family is handed over, never imported by name
         with torch.no_grad():
             out = loaded.module(DATA.x_holdout)
         assert out.shape == (len(DATA.x_holdout), 3) and torch.isfinite(out).all()
@@ -112,7 +112,7 @@ def test_uniform_half_plan_removes_half_of_every_group(name: str) -> None:
     groups = family.prunable(teacher)
     before = {g: dict(teacher.named_modules())[g].weight.shape[0] for g in groups}
     judged = _judge(name, CompressionPlan(sparsity={g: 0.5 for g in groups}))
-    loaded = decode(judged.artifact)
+    loaded = decode(judged.artifact, family=family)
     after = dict(loaded.arch.channels)
     assert set(after) == set(groups)
     for g in groups:  # half of every group's channels, rounded up to keep at least one
