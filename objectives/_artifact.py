@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from squeeze.spaces import CompressionPlan, SqueezeError, family_named
+from squeeze.spaces import CompressionPlan, SqueezeError, family_named, runs_int8
 
 from ._materialize import activation_order, to_int8
 from ._rebuild import Arch, FamilyArg, materialize, shape_of
@@ -123,7 +123,7 @@ def _slots(folded: fx.GraphModule, plan: CompressionPlan) -> list[_Slot]:
         tensor = state[name]
         owner, _, leaf = name.rpartition(".")
         b = int(plan.bits.get(owner, 32))
-        if leaf == "weight" and b <= 8 and isinstance(modules.get(owner), (nn.Conv2d, nn.Linear)):
+        if leaf == "weight" and runs_int8(b) and isinstance(modules.get(owner), (nn.Conv2d, nn.Linear)):
             kind = "q"
         elif b == 16:
             kind = "h"

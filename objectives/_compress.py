@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from squeeze.spaces import SqueezeError
+from squeeze.spaces import SqueezeError, runs_int8
 
 TrainStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(model, x, y) -> loss``: one training loss, used by pruners and quantizers that train."""
@@ -204,7 +204,7 @@ def weight_scales(
     batches and update its float weights in place; ``ptq`` only reads the weights (``steps``,
     ``step`` and ``lr`` are unused) and leaves ``model`` as it was.
     """
-    layers = {name: b for name, b in bits.items() if b <= 8}
+    layers = {name: b for name, b in bits.items() if runs_int8(b)}
     if not layers:
         return {}
     config = [

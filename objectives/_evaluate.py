@@ -82,7 +82,7 @@ def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec, model: 
     """
     payload = {
         "network": _network(arch, model),
-        "int8": sorted(name for name, bits in plan.bits.items() if bits <= 8),
+        "int8": plan.int8_layers(),
         "protocol": {k: getattr(spec, k) for k in ("batch", "threads", "warmup", "repeats", "min_round_ms")},
         "cpu": cpu_model(),
         "torch": torch.__version__,

@@ -18,6 +18,8 @@ from torch.ao.quantization import QConfig, QConfigMapping
 from torch.ao.quantization.observer import MinMaxObserver, ObserverBase
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from squeeze.spaces import runs_int8
+
 ENGINE = "x86"
 ACT_QMIN, ACT_QMAX = 0, 127
 """Activations are quint8 with a 7-bit range: x86's fbgemm kernels can overflow their 16-bit
@@ -105,7 +107,7 @@ def _qconfig_mapping(bits: Mapping[str, int], scales: Mapping[str, torch.Tensor]
     activation = MinMaxObserver.with_args(dtype=torch.quint8, quant_min=ACT_QMIN, quant_max=ACT_QMAX)
     mapping = QConfigMapping().set_global(None)
     for name, b in bits.items():
-        if b <= 8 and name in scales:
+        if runs_int8(b) and name in scales:
             weight = FixedWeightObserver.with_args(scale=scales[name], bits=b)
             mapping.set_module_name(name, QConfig(activation=activation, weight=weight))
     return mapping

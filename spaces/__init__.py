@@ -5,7 +5,7 @@ from ._checkpoint import checkpoint_of, load_checkpoint
 from ._errors import SqueezeError
 from ._families import Knob, ModelFamily, family_named, get_family, list_families, register_family
 from ._groups import Group, discover
-from ._plan import ALLOWED_BITS, CompressionPlan
+from ._plan import ALLOWED_BITS, CompressionPlan, runs_int8
 from ._space import JointSpace, SpaceSpec, SparsityRange
 from ._user import import_object
 
@@ -27,4 +27,5 @@ __all__ = [
     "list_families",
     "load_checkpoint",
     "register_family",
+    "runs_int8",
 ]

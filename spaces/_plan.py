@@ -13,6 +13,17 @@ from ._errors import SqueezeError
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 """Bit-widths a layer may take; 32 leaves a layer in float, 16 stores it in half precision."""
 
+INT8_MAX_BITS = 8
+
+
+def runs_int8(bits: int) -> bool:
+    """Whether a layer at ``bits`` runs on int8 kernels: 8 bits or fewer.
+
+    Weights below 8 bits are stored packed at their width but widened to int8 to run, because
+    no CPU kernel takes narrower integers; 16 bits is half precision and 32 is float.
+    """
+    return int(bits) <= INT8_MAX_BITS
+
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(sorted((mapping or {}).items())))
@@ -79,6 +90,10 @@ class CompressionPlan:
     def from_json(cls, text: str) -> CompressionPlan:
         """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+    def int8_layers(self) -> list[str]:
+        """The layers this plan runs on int8 kernels (:func:`runs_int8`), sorted."""
+        return sorted(name for name, bits in self.bits.items() if runs_int8(bits))
 
     def mean_bits(self) -> float:
         """Unweighted mean bit-width over the layers the plan names (32 when none)."""

@@ -33,6 +33,8 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
+from squeeze.spaces import runs_int8
+
 Step = tuple[str, Any, Any]
 """(parameter, from, to)."""
 
@@ -125,7 +127,7 @@ def shrinking(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> lis
         (step,) = move.steps
         if shrinks(step):
             name, old, _ = step
-            moves.append(replace(move, same_network=name.partition(".")[0] == "bits" and old <= 8))
+            moves.append(replace(move, same_network=name.partition(".")[0] == "bits" and runs_int8(old)))
     return moves
 
 
@@ -146,7 +148,7 @@ def bit_trades(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> li
             continue
         for direction, into in ((1, up), (-1, down)):
             value = neighbour(space[name], params[name], direction)
-            if value is not None and value <= 8:
+            if value is not None and runs_int8(value):
                 into[name] = (value, weights[layer] * (value - params[name]))
     return [
         make_move(parent, space, [(a, params[a], up[a][0]), (b, params[b], down[b][0])], same_network=True)
@@ -166,7 +168,7 @@ def end_trades(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> li
     params = parent.params
     if not isinstance(weights, Mapping) or not _bits_moved(params):
         return []
-    layers = [layer for layer in weights if f"bits.{layer}" in space and params[f"bits.{layer}"] <= 8]
+    layers = [layer for layer in weights if f"bits.{layer}" in space and runs_int8(params[f"bits.{layer}"])]
     if len(layers) < 3:
         return []
     ups = []
