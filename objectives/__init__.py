@@ -1,11 +1,12 @@
 """How a plan is judged: tasks (data), training, compression, materialization and measurement."""
 
-from . import _folders  # noqa: F401  (registers the folder tasks: cifar10, cifar100, imagefolder)
+# Importing the loaders registers the built-in tasks (digits, mnist, fashion_mnist, cifar10, cifar100, imagefolder).
+from . import _cifar, _digits, _idx, _imagefolder  # noqa: F401
 from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
 from ._evaluate import Judged, evaluate_plan, latency_key, size_lower_bound, teacher_artifact
 from ._latency import Latency, LatencySpec, cpu_model, measure
-from ._tasks import TaskData, list_tasks, load_task, register_task, task_loader
+from ._task_registry import TaskData, TaskLoader, list_tasks, load_task, register_task, task_loader, unregister_task
 from ._train import DivergedError, TrainingBudget, accuracy, train_teacher, training_device
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "LatencySpec",
     "Loaded",
     "TaskData",
+    "TaskLoader",
     "TrainingBudget",
     "accuracy",
     "cpu_model",
@@ -37,4 +39,5 @@ __all__ = [
     "teacher_artifact",
     "train_teacher",
     "training_device",
+    "unregister_task",
 ]

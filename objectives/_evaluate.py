@@ -25,7 +25,7 @@ from ._compress import CompressSpec, channel_keep, weight_scales
 from . import _materialize
 from ._latency import Latency, LatencySpec, cpu_model, measure
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
-from ._tasks import TaskData
+from ._task_registry import TaskData
 from ._train import TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device
 
 CALIBRATION_SAMPLES = 512

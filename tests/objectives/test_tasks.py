@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from squeeze.objectives._tasks import TaskData, list_tasks, load_task, register_task
+from squeeze.objectives import TaskData, list_tasks, load_task, register_task, unregister_task
 from squeeze.spaces import SqueezeError
 
 def _write_idx(path: Path, array: np.ndarray, *, magic: int | None = None, cut: int = 0) -> Path:
@@ -88,9 +88,8 @@ def test_list_and_register() -> None:
         assert "_test_tiny" in list_tasks()
         assert _load("_test_tiny").num_classes == 2
     finally:
-        from squeeze.objectives import _tasks
-
-        del _tasks._TASKS["_test_tiny"]
+        unregister_task("_test_tiny")
+    assert "_test_tiny" not in list_tasks()
 
 
 def test_unknown_task_names_the_key_and_the_choices() -> None:
