@@ -67,8 +67,9 @@ def _data(folder: str | None, limit: int):
         return load_task("mnist", options={"limit": limit, "holdout_limit": 500}, seed=0, holdout=0.2, data_dir=folder)
     print(f"# no MNIST folder at {folder!r}: random 28x28 inputs (latency does not depend on the values)")
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(limit + 500, 1, 28, 28, generator=g), torch.randint(0, 10, (limit + 500,), generator=g)
-    return TaskData("random", x[:limit], y[:limit], x[limit:], y[limit:], in_channels=1, num_classes=10, input_size=(28, 28))
+    x, y = torch.randn(limit + 1000, 1, 28, 28, generator=g), torch.randint(0, 10, (limit + 1000,), generator=g)
+    return TaskData("random", x[:limit], y[:limit], x[limit:limit + 500], y[limit:limit + 500], in_channels=1,
+                    num_classes=10, input_size=(28, 28), x_test=x[limit + 500:], y_test=y[limit + 500:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Tasks ``mnist`` and ``fashion_mnist``: a local folder of IDX files.
 
 The format of LeCun's site and of torchvision's ``raw/`` folders: ``train-images-idx3-ubyte`` with
-``train-labels-idx1-ubyte``, and/or the same with ``t10k-`` (each optionally ``.gz``).
+``train-labels-idx1-ubyte``, and/or the same with ``t10k-`` (each optionally ``.gz``). With both
+pairs, ``t10k`` is the test split; with one, the test split is carved out of it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from squeeze.spaces import SqueezeError
 
 from ._normalise import task_data
-from ._splits import split, subsample, substream
+from ._splits import split, subsample_splits, three_way
 from ._task_options import image_options
 from ._task_registry import TaskData, register_task
 
@@ -90,8 +91,9 @@ def _read_pair(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] | Non
 
 
 def _load_idx_folder(
-    name: str, options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None
+    name: str, options: Mapping[str, Any], *, seed: int, holdout: float, test: float, data_dir: Path | None
 ) -> TaskData:
+    """Both pairs: ``t10k`` is the test split, validation comes out of ``train``. One pair: split three ways."""
     opts = image_options(name, options)
     expected = "`train-images-idx3-ubyte` with `train-labels-idx1-ubyte`, or the same with `t10k-` (each optionally `.gz`)"
     if data_dir is None:
@@ -100,34 +102,38 @@ def _load_idx_folder(
         raise SqueezeError(f"`task.data` must be a folder of IDX files for task {name!r}, but `{data_dir}` is not a folder.")
     pairs = {prefix: _read_pair(data_dir, prefix) for prefix in _IDX_PREFIXES}
     train_pair, test_pair = pairs["train"], pairs["t10k"]
+    what = f"the IDX pair in `{data_dir}`"
     if train_pair is not None and test_pair is not None:
-        (x_train, y_train), (x_held, y_held) = train_pair, test_pair
-        if x_train.shape[1:] != x_held.shape[1:]:
+        (x, y), (x_test, y_test) = train_pair, test_pair
+        if x.shape[1:] != x_test.shape[1:]:
             raise SqueezeError(
                 f"`{data_dir}` must hold train and t10k images of one size, "
-                f"but they are {x_train.shape[2:]} and {x_held.shape[2:]}."
+                f"but they are {x.shape[2:]} and {x_test.shape[2:]}."
             )
-    elif train_pair is not None or test_pair is not None:
-        # Only one split on disk (a test set alone, say): hold out part of it ourselves.
-        x, y = train_pair if train_pair is not None else test_pair
-        train, held = split(y, test=holdout, seed=seed, what=f"the IDX pair in `{data_dir}`")
+        train, held = split(y, test=holdout, seed=seed, what=what)
         x_train, y_train, x_held, y_held = x[train], y[train], x[held], y[held]
+    elif train_pair is not None or test_pair is not None:
+        # Only one split on disk (a test set alone, say): all three splits come out of it, disjoint.
+        x, y = train_pair if train_pair is not None else test_pair
+        train, held, tested = three_way(y, holdout=holdout, test=test, seed=seed, what=what)
+        x_train, y_train, x_held, y_held, x_test, y_test = x[train], y[train], x[held], y[held], x[tested], y[tested]
     else:
         raise SqueezeError(f"`{data_dir}` (`task.data`) holds no IDX pair: expected {expected}.")
-    keep = subsample(y_train, opts.limit, seed=substream(seed, 1), what="the training part")
-    keep_held = subsample(y_held, opts.holdout_limit, seed=substream(seed, 2), what="the held-out part")
+    keep, keep_held, keep_test = subsample_splits(
+        y_train, y_held, y_test, limits=(opts.limit, opts.holdout_limit, opts.test_limit), seed=seed)
     return task_data(
-        name, x_train[keep], y_train[keep], x_held[keep_held], y_held[keep_held], num_classes=10, image=opts
+        name, x_train[keep], y_train[keep], x_held[keep_held], y_held[keep_held], x_test[keep_test], y_test[keep_test],
+        num_classes=10, image=opts,
     )
 
 
 @register_task("mnist")
-def _load_mnist(options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None) -> TaskData:
+def _load_mnist(options: Mapping[str, Any], *, seed: int, holdout: float, test: float, data_dir: Path | None) -> TaskData:
     """MNIST handwritten digits from a local folder of IDX files."""
-    return _load_idx_folder("mnist", options, seed=seed, holdout=holdout, data_dir=data_dir)
+    return _load_idx_folder("mnist", options, seed=seed, holdout=holdout, test=test, data_dir=data_dir)
 
 
 @register_task("fashion_mnist")
-def _load_fashion_mnist(options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None) -> TaskData:
+def _load_fashion_mnist(options: Mapping[str, Any], *, seed: int, holdout: float, test: float, data_dir: Path | None) -> TaskData:
     """Fashion-MNIST (Zalando's clothing images, MNIST's file layout) from a local folder of IDX files."""
-    return _load_idx_folder("fashion_mnist", options, seed=seed, holdout=holdout, data_dir=data_dir)
+    return _load_idx_folder("fashion_mnist", options, seed=seed, holdout=holdout, test=test, data_dir=data_dir)

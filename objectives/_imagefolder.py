@@ -11,7 +11,7 @@ import numpy as np
 from squeeze.spaces import SqueezeError
 
 from ._normalise import task_data
-from ._splits import split, subsample, substream
+from ._splits import split, subsample_splits, substream, three_way
 from ._task_options import image_options
 from ._task_registry import TaskData, register_task
 
@@ -54,37 +54,39 @@ def _read_images(files: Sequence[Path], *, mode: str, size: tuple[int, int] | No
 
 
 @register_task("imagefolder")
-def _load_imagefolder(options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None) -> TaskData:
-    """An ImageFolder tree: ``train/<class>/*`` and ``val/<class>/*`` (or ``test/``), or ``<class>/*`` split by ``task.holdout``.
+def _load_imagefolder(options: Mapping[str, Any], *, seed: int, holdout: float, test: float, data_dir: Path | None) -> TaskData:
+    """An ImageFolder tree: ``train/<class>/*`` with ``val/<class>/*`` and ``test/<class>/*``, or ``<class>/*``.
 
-    Option ``channels``: 3 (RGB, the default) or 1 (grayscale).
+    ``val/`` is the validation split and ``test/`` the test split; either one missing is carved out
+    of ``train/`` (by ``task.holdout`` and ``task.test``), and a tree of class folders alone is
+    split three ways. Option ``channels``: 3 (RGB, the default) or 1 (grayscale).
     """
     opts = image_options("imagefolder", options, extra=("channels",))
     channels = opts.extra.get("channels", 3)
     if channels not in (1, 3) or isinstance(channels, bool):
         raise SqueezeError(f"`task.options.channels` must be 1 (grayscale) or 3 (RGB), but got {channels!r}.")
     layout = (
-        "`train/<class>/<image>` with `val/<class>/<image>` (or `test/`), or `<class>/<image>` to be split by "
-        f"`task.holdout`, with images ending in {', '.join(IMAGE_EXTENSIONS)}"
+        "`train/<class>/<image>` with `val/<class>/<image>` and/or `test/<class>/<image>`, or `<class>/<image>` to be "
+        f"split by `task.holdout` and `task.test`, with images ending in {', '.join(IMAGE_EXTENSIONS)}"
     )
     if data_dir is None:
         raise SqueezeError(f"`task.data` must name an ImageFolder tree ({layout}), but none was given.")
     if not data_dir.is_dir():
         raise SqueezeError(f"`task.data` must be an ImageFolder tree, but `{data_dir}` is not a folder.")
-    held_dir = next((data_dir / h for h in _HELD_OUT if (data_dir / h).is_dir()), None)
-    if (data_dir / "train").is_dir():
-        train = _classes(data_dir / "train")
-        held = _classes(held_dir) if held_dir is not None else {}
-    else:
-        train, held = _classes(data_dir), {}
+    nested = (data_dir / "train").is_dir()
+    train = _classes(data_dir / "train") if nested else _classes(data_dir)
     if len(train) < 2:
         raise SqueezeError(
             f"`{data_dir}` (`task.data`) is not an ImageFolder tree: it holds {len(train)} class folders with images; "
             f"expected {layout}, with at least two classes."
         )
-    unknown = sorted(set(held) - set(train))
-    if unknown:
-        raise SqueezeError(f"`{held_dir}` holds class `{unknown[0]}`, which `{data_dir / 'train'}` lacks; both need the same classes.")
+    given = {part: _classes(data_dir / part) for part in _HELD_OUT if nested and (data_dir / part).is_dir()}
+    for part, classes in given.items():
+        unknown = sorted(set(classes) - set(train))
+        if unknown:
+            raise SqueezeError(
+                f"`{data_dir / part}` holds class `{unknown[0]}`, which `{data_dir / 'train'}` lacks; both need the same classes."
+            )
     index = {c: i for i, c in enumerate(train)}
     mode = "RGB" if channels == 3 else "L"
 
@@ -93,21 +95,37 @@ def _load_imagefolder(options: Mapping[str, Any], *, seed: int, holdout: float, 
         return files, np.array([index[c] for c in classes for _ in classes[c]], dtype=np.int64)
 
     files, y = flatten(train)
-    if held:
-        held_files, y_held = flatten(held)
-        train_idx, held_idx = np.arange(len(files)), np.arange(len(held_files))
+    what = f"the ImageFolder tree `{data_dir}`"
+    # Each split: (its files, their labels, the indices it takes of them), carving what the tree lacks out of train/.
+    if not given.get("val") and not given.get("test"):
+        train_idx, val_idx, test_idx = three_way(y, holdout=holdout, test=test, seed=seed, what=what)
+        val_src, test_src = (files, y, val_idx), (files, y, test_idx)
+    elif not given.get("test"):
+        train_idx, test_idx = split(y, test=test, seed=substream(seed, 3), what=what, key="task.test")
+        val_files, y_val = flatten(given["val"])
+        val_src, test_src = (val_files, y_val, np.arange(len(val_files))), (files, y, test_idx)
     else:
-        # No held-out folder: hold out part of the training tree, stratified and seeded.
-        train_idx, held_idx = split(y, test=holdout, seed=seed, what=f"the ImageFolder tree `{data_dir}`")
-        held_files, y_held = files, y
-    keep = train_idx[subsample(y[train_idx], opts.limit, seed=substream(seed, 1), what="the training part")]
-    keep_held = held_idx[subsample(y_held[held_idx], opts.holdout_limit, seed=substream(seed, 2), what="the held-out part")]
-    x_train = _read_images([files[i] for i in keep], mode=mode, size=opts.input_size, folder=data_dir)
-    x_held = _read_images([held_files[i] for i in keep_held], mode=mode, size=opts.input_size, folder=data_dir)
-    if x_train.shape[1:] != x_held.shape[1:]:
+        test_files, y_test = flatten(given["test"])
+        test_src = (test_files, y_test, np.arange(len(test_files)))
+        if given.get("val"):
+            train_idx = np.arange(len(files))
+            val_files, y_val = flatten(given["val"])
+            val_src = (val_files, y_val, np.arange(len(val_files)))
+        else:
+            train_idx, val_idx = split(y, test=holdout, seed=seed, what=what)
+            val_src = (files, y, val_idx)
+    sources = [(files, y, train_idx), val_src, test_src]
+    kept = subsample_splits(*(labels[idx] for _, labels, idx in sources),
+                            limits=(opts.limit, opts.holdout_limit, opts.test_limit), seed=seed)
+    arrays = []
+    for (paths, labels, idx), keep in zip(sources, kept):
+        chosen = idx[keep]
+        images = _read_images([paths[i] for i in chosen], mode=mode, size=opts.input_size, folder=data_dir)
+        arrays += [images / np.float32(255), labels[chosen]]
+    shapes = {tuple(a.shape[1:]) for a in arrays[::2]}
+    if len(shapes) > 1:
         raise SqueezeError(
-            f"training and held-out images in `{data_dir}` differ in size ({x_train.shape[2:]} and {x_held.shape[2:]}); "
+            f"training, validation and test images in `{data_dir}` differ in size ({', '.join(str(s[1:]) for s in sorted(shapes))}); "
             f"set `task.options.input_size` to resize them all."
         )
-    return task_data("imagefolder", x_train / np.float32(255), y[keep], x_held / np.float32(255), y_held[keep_held],
-                      num_classes=len(train), image=opts)
+    return task_data("imagefolder", *arrays, num_classes=len(train), image=opts)

@@ -1,7 +1,7 @@
 """From arrays to :class:`TaskData`: resize, normalise per channel on the training part, wrap as tensors.
 
-The normalisation is fitted on the training part only, so nothing about the held-out part leaks
-into training, unless the study file gives its own (``[task.options] mean`` and ``std``, as
+The normalisation is fitted on the training part only, so nothing about the validation and test
+splits leaks into training, unless the study file gives its own (``[task.options] mean`` and ``std``, as
 torchvision's ``Normalize`` takes them, on pixel values in [0, 1]).
 """
 
@@ -35,6 +35,8 @@ def task_data(
     y_train: np.ndarray,
     x_holdout: np.ndarray,
     y_holdout: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
     *,
     num_classes: int,
     image: ImageOptions | None = None,
@@ -47,6 +49,7 @@ def task_data(
     image = image or ImageOptions()
     xt = resize(torch.as_tensor(np.ascontiguousarray(x_train, dtype=np.float32)), image.input_size)
     xh = resize(torch.as_tensor(np.ascontiguousarray(x_holdout, dtype=np.float32)), image.input_size)
+    xs = resize(torch.as_tensor(np.ascontiguousarray(x_test, dtype=np.float32)), image.input_size)
     if image.mean is not None and image.std is not None:
         channels = xt.shape[1]
         for key, values in (("mean", image.mean), ("std", image.std)):
@@ -67,6 +70,8 @@ def task_data(
         y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
         x_holdout=(xh - mean) / std,
         y_holdout=torch.from_numpy(np.asarray(y_holdout, dtype=np.int64)),
+        x_test=(xs - mean) / std,
+        y_test=torch.from_numpy(np.asarray(y_test, dtype=np.int64)),
         in_channels=xt.shape[1],
         num_classes=num_classes,
         input_size=(xt.shape[2], xt.shape[3]),

@@ -14,10 +14,11 @@ def substream(seed: int, stream: int) -> int:
     return int(np.random.default_rng([seed, stream]).integers(2**32))
 
 
-def split(y: np.ndarray, *, test: int | float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def split(y: np.ndarray, *, test: int | float, seed: int, what: str, key: str = "task.holdout") -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of ``range(len(y))``; both parts sorted, so file order is kept.
 
-    ``test`` is a fraction or a count, as in scikit-learn's ``train_test_split``.
+    ``test`` is a fraction or a count, as in scikit-learn's ``train_test_split``; ``key`` is the
+    study-file setting that chose it, named when the split cannot be made.
     """
     from sklearn.model_selection import train_test_split
 
@@ -27,7 +28,7 @@ def split(y: np.ndarray, *, test: int | float, seed: int, what: str) -> tuple[np
     # Checked here so the user reads which setting to change, not scikit-learn's ValueError.
     if min(n_test, n - n_test) < len(classes):
         raise SqueezeError(
-            f"`task.holdout` must leave at least {len(classes)} samples (one per class) on each side of the "
+            f"`{key}` must leave at least {len(classes)} samples (one per class) on each side of the "
             f"split of {what}, but {test!r} of {n} samples gives {n - n_test} to train and {n_test} held out."
         )
     if counts.min() < 2:
@@ -38,6 +39,17 @@ def split(y: np.ndarray, *, test: int | float, seed: int, what: str) -> tuple[np
     idx = np.arange(n)
     train, held = train_test_split(idx, test_size=n_test, random_state=seed, stratify=y)
     return np.sort(train), np.sort(held)
+
+
+def three_way(y: np.ndarray, *, holdout: float, test: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training, validation and test indices of ``range(len(y))``: disjoint, stratified, seeded, each sorted.
+
+    The test split (``test`` of the samples) is carved first, from a seed of its own, so changing
+    ``holdout`` never moves a sample into or out of it; validation is ``holdout`` of the rest.
+    """
+    rest, tested = split(y, test=test, seed=substream(seed, 3), what=what, key="task.test")
+    train, validation = split(y[rest], test=holdout, seed=seed, what=what)
+    return rest[train], rest[validation], tested
 
 
 def subsample(y: np.ndarray, limit: int | None, *, seed: int, what: str) -> np.ndarray:
@@ -51,3 +63,15 @@ def subsample(y: np.ndarray, limit: int | None, *, seed: int, what: str) -> np.n
         return kept
     # Too few samples to keep every class in proportion: a plain seeded draw is the honest fallback.
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def subsample_splits(
+    y_train: np.ndarray, y_holdout: np.ndarray, y_test: np.ndarray, *,
+    limits: tuple[int | None, int | None, int | None], seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each split's kept indices under its limit (``limit``, ``holdout_limit``, ``test_limit``), each from its own seed."""
+    return (
+        subsample(y_train, limits[0], seed=substream(seed, 1), what="the training part"),
+        subsample(y_holdout, limits[1], seed=substream(seed, 2), what="the validation part"),
+        subsample(y_test, limits[2], seed=substream(seed, 4), what="the test part"),
+    )

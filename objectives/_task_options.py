@@ -25,16 +25,17 @@ def check_options(task: str, options: Mapping[str, Any], allowed: tuple[str, ...
     return checked
 
 
-IMAGE_OPTIONS = ("holdout_limit", "input_size", "limit", "mean", "std")
+IMAGE_OPTIONS = ("holdout_limit", "input_size", "limit", "mean", "std", "test_limit")
 """``[task.options]`` keys every image task takes."""
 
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """Checked image-task options: sample limits, the input size and a fixed normalisation."""
+    """Checked image-task options: sample limits per split, the input size and a fixed normalisation."""
 
     limit: int | None = None
     holdout_limit: int | None = None
+    test_limit: int | None = None
     input_size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -71,6 +72,7 @@ def image_options(task: str, options: Mapping[str, Any], *, extra: tuple[str, ..
         given, missing = ("mean", "std") if stats["std"] is None else ("std", "mean")
         raise SqueezeError(f"`task.options.{given}` is given without `task.options.{missing}`; give both or neither.")
     return ImageOptions(
-        limit=options.get("limit"), holdout_limit=options.get("holdout_limit"), input_size=size,
+        limit=options.get("limit"), holdout_limit=options.get("holdout_limit"), test_limit=options.get("test_limit"),
+        input_size=size,
         mean=stats["mean"], std=stats["std"], extra={k: options[k] for k in extra if k in options},
     )

@@ -20,10 +20,14 @@ from squeeze.spaces import SqueezeError
 
 @dataclass(frozen=True, eq=False)
 class TaskData:
-    """A task's tensors: ``x`` is float32 ``N, C, H, W``, ``y`` is int64 ``N``.
+    """A task's three splits: ``x`` is float32 ``N, C, H, W``, ``y`` is int64 ``N``.
 
-    ``x_train`` and ``x_holdout`` share one normalisation, fitted on ``x_train``; the held-out
-    part is never trained on. ``eq=False`` because comparing tensors field by field is ambiguous.
+    - ``x_train``: training data (the teacher, distillation, fine-tuning, calibration);
+    - ``x_holdout``: the validation split, which scores every trial and so chooses the front;
+    - ``x_test``: the test split, which nothing in a search reads: it reports finished models only.
+
+    The three share no sample and one normalisation, fitted on ``x_train``. ``eq=False`` because
+    comparing tensors field by field is ambiguous.
     """
 
     name: str
@@ -34,12 +38,14 @@ class TaskData:
     in_channels: int
     num_classes: int
     input_size: tuple[int, int]
+    x_test: torch.Tensor = field(repr=False, kw_only=True)
+    y_test: torch.Tensor = field(repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         # A registered loader may come from outside this package, so check its output once here
         # rather than fail deep inside a training loop.
         shape = (self.in_channels, *self.input_size)
-        for part in ("train", "holdout"):
+        for part in ("train", "holdout", "test"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
             if x.dtype != torch.float32 or x.dim() != 4 or tuple(x.shape[1:]) != shape:
                 raise ValueError(
@@ -58,15 +64,21 @@ class TaskData:
 class TaskLoader(Protocol):
     """A registered loader: checks its own ``options`` and returns the task's data.
 
-    ``seed`` and ``holdout`` arrive already checked; ``data_dir`` is a ``Path`` or ``None``.
+    ``seed``, ``holdout`` and ``test`` arrive already checked; ``data_dir`` is a ``Path`` or ``None``.
+    A loader whose source has a test split of its own (MNIST's ``t10k``, CIFAR's test batch, an
+    ImageFolder ``test/``) returns it as the test split and ignores ``test``; else it carves the
+    test split first (``test`` of the samples), then the validation split (``holdout`` of the rest).
     """
 
     def __call__(
-        self, options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None
+        self, options: Mapping[str, Any], *, seed: int, holdout: float, test: float, data_dir: Path | None
     ) -> TaskData: ...
 
 
 _TASKS: dict[str, TaskLoader] = {}
+
+DEFAULT_TEST = 0.2
+"""The share of a task's samples carved out as its test split when it has none of its own."""
 
 
 def register_task(name: str) -> Callable[[TaskLoader], TaskLoader]:
@@ -95,23 +107,28 @@ def load_task(
     options: Mapping[str, Any],
     seed: int,
     holdout: float,
+    test: float = DEFAULT_TEST,
     data_dir: str | Path | None,
 ) -> TaskData:
-    """Load task ``name``: its training part and its held-out part, normalised on the training part.
+    """Load task ``name``: its training, validation and test splits, normalised on the training part.
 
-    ``holdout`` is the fraction held out when the task has no held-out split of its own;
-    ``options`` is the study file's ``[task.options]`` table; ``data_dir`` is the folder the task
-    reads (``task.data``), ignored by tasks that bring their own data.
+    ``test`` is the fraction of the samples carved out as the test split when the task has no test
+    split of its own; ``holdout`` is the fraction of the rest held out for validation. ``options``
+    is the study file's ``[task.options]`` table; ``data_dir`` is the folder the task reads
+    (``task.data``), ignored by tasks that bring their own data.
     """
     loader = task_loader(name)
     if not isinstance(options, Mapping):
         raise SqueezeError(f"`task.options` must be a table, but got {options!r}.")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise SqueezeError(f"`task.holdout` must be a fraction strictly between 0 and 1, but got {holdout!r}.")
+    if isinstance(test, bool) or not isinstance(test, (int, float)) or not 0 < test < 1:
+        raise SqueezeError(f"`task.test` must be a fraction strictly between 0 and 1, but got {test!r}.")
     # sklearn's random_state and numpy's generators both want a non-negative integer.
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise SqueezeError(f"`seed` must be an integer in [0, 2**32), but got {seed!r}.")
-    return loader(options, seed=seed, holdout=float(holdout), data_dir=None if data_dir is None else Path(data_dir))
+    return loader(options, seed=seed, holdout=float(holdout), test=float(test),
+                  data_dir=None if data_dir is None else Path(data_dir))
 
 
 def task_loader(name: str) -> TaskLoader:

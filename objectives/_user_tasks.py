@@ -13,13 +13,14 @@ import torch
 from squeeze.spaces import SqueezeError, import_object
 
 from ._normalise import task_data
-from ._splits import subsample, substream
+from ._splits import split, subsample_splits
 from ._task_options import image_options
 from ._task_registry import TaskData, TaskLoader
 
 DATA_EXPECTED = (
     "`package.module:function`, a function importable from this Python environment or the current folder that "
-    "returns (train, held_out), each a pair (images N x C x H x W, labels N) or a Dataset of (image, label)"
+    "returns (train, test) or (train, validation, test), each a pair (images N x C x H x W, labels N) or a Dataset "
+    "of (image, label)"
 )
 
 
@@ -60,7 +61,7 @@ def user_task(name: str) -> TaskLoader:
     except (TypeError, ValueError):
         params = {}
 
-    def load(options: Mapping[str, Any], *, seed: int, holdout: float, data_dir: Path | None) -> TaskData:
+    def load(options: Mapping[str, Any], *, seed: int, holdout: float, test: float, data_dir: Path | None) -> TaskData:
         opts = image_options(name, options, extra=("kwargs",))
         kwargs = dict(opts.extra.get("kwargs", {}))
         if not isinstance(opts.extra.get("kwargs", {}), Mapping):
@@ -77,20 +78,27 @@ def user_task(name: str) -> TaskLoader:
             raise SqueezeError(
                 f"`task.dataset` = {name!r} raised {type(exc).__name__}: {str(exc).rstrip('.')}; expected {DATA_EXPECTED}."
             ) from None
-        if not isinstance(result, (tuple, list)) or len(result) != 2:
+        if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
             raise SqueezeError(f"`task.dataset` = {name!r} returned a {type(result).__name__}; expected {DATA_EXPECTED}.")
-        (x_train, y_train), (x_held, y_held) = (_as_arrays(p, key=name, which=w) for p, w in zip(result, ("training", "held-out")))
-        if x_train.shape[1:] != x_held.shape[1:] and opts.input_size is None:
+        which = ("training", "test") if len(result) == 2 else ("training", "validation", "test")
+        parts = [_as_arrays(p, key=name, which=w) for p, w in zip(result, which)]
+        shapes = {tuple(x.shape[1:]) for x, _ in parts}
+        if len(shapes) > 1 and opts.input_size is None:
             raise SqueezeError(
-                f"`task.dataset` = {name!r} returned training images {tuple(x_train.shape[1:])} and held-out images "
-                f"{tuple(x_held.shape[1:])}; they must match, or set `task.options.input_size`."
+                f"`task.dataset` = {name!r} returned {' and '.join(which)} images of shapes {sorted(shapes)}; "
+                f"they must match, or set `task.options.input_size`."
             )
-        num_classes = int(max(y_train.max(), y_held.max())) + 1
-        if min(int(y_train.min()), int(y_held.min())) < 0:
+        if min(int(y.min()) for _, y in parts) < 0:
             raise SqueezeError(f"`task.dataset` = {name!r} returned negative labels; expected class indices 0, 1, 2, ...")
-        keep = subsample(y_train.numpy(), opts.limit, seed=substream(seed, 1), what="the training part")
-        keep_held = subsample(y_held.numpy(), opts.holdout_limit, seed=substream(seed, 2), what="the held-out part")
-        return task_data(name, x_train[keep].numpy(), y_train[keep].numpy(), x_held[keep_held].numpy(),
-                          y_held[keep_held].numpy(), num_classes=num_classes, image=opts)
+        num_classes = max(int(y.max()) for _, y in parts) + 1
+        if len(parts) == 2:
+            # (train, test): the second part is the user's test split; validation comes out of the training part.
+            (x, y), (x_test, y_test) = parts
+            train, held = split(y.numpy(), test=holdout, seed=seed, what=f"the training part of {name!r}")
+            parts = [(x[train], y[train]), (x[held], y[held]), (x_test, y_test)]
+        kept = subsample_splits(*(y.numpy() for _, y in parts),
+                                limits=(opts.limit, opts.holdout_limit, opts.test_limit), seed=seed)
+        arrays = [a for (x, y), keep in zip(parts, kept) for a in (x[keep].numpy(), y[keep].numpy())]
+        return task_data(name, *arrays, num_classes=num_classes, image=opts)
 
     return load

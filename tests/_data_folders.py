@@ -39,7 +39,7 @@ def write_cifar10(root: Path, *, per_batch: int = 20, seed: int = 0) -> Path:
     return root
 
 
-def write_cifar100(root: Path, *, n: int = 200, seed: int = 0) -> Path:
+def write_cifar100(root: Path, *, n: int = 400, seed: int = 0) -> Path:
     """``root/cifar-100-python``: ``train``, ``test`` and ``meta``, with fine and coarse labels."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,13 +52,16 @@ def write_cifar100(root: Path, *, n: int = 200, seed: int = 0) -> Path:
 
 
 def write_imagefolder(root: Path, *, per_class: int = 6, classes: int = 3, size: int = 12, split: bool = True,
-                      seed: int = 0) -> Path:
-    """An ImageFolder tree of PNG files: ``train/`` and ``val/`` (or class folders at the top with ``split=False``)."""
+                      test: bool = False, seed: int = 0) -> Path:
+    """An ImageFolder tree of PNG files: ``train/`` and ``val/`` (and ``test/`` with ``test=True``), or class
+    folders at the top with ``split=False``. Every part draws its own images, so no two parts share one."""
     from PIL import Image
 
-    parts = (("train", per_class), ("val", max(2, per_class // 2))) if split else (("", per_class),)
-    for part, count in parts:
-        x, y = images(count * classes, classes=classes, size=size, seed=seed)
+    parts = [("train", per_class), ("val", max(2, per_class // 2))] if split else [("", per_class)]
+    if split and test:
+        parts.append(("test", max(2, per_class // 2)))
+    for i, (part, count) in enumerate(parts):
+        x, y = images(count * classes, classes=classes, size=size, seed=seed + 100 * i)
         for k, (img, label) in enumerate(zip(x, y)):
             folder = root / part / f"class_{label}"
             folder.mkdir(parents=True, exist_ok=True)

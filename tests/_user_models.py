@@ -33,13 +33,19 @@ def make_net(*, in_channels: int = 1, num_classes: int = 10, width: int = 8, blo
 NOT_A_FUNCTION = 3
 
 
-def load_data(*, seed: int, size: int = 10, n: int = 40):
-    """(train, held-out): a pair of arrays, and a Dataset of (image, label) pairs."""
+def load_data(*, seed: int, size: int = 10, n: int = 40, validation: bool = False):
+    """(train, test): a pair of arrays, and a Dataset of (image, label) pairs; with ``validation``,
+    (train, validation, test). Every part draws its own images."""
     rng = np.random.default_rng(seed)
-    y = np.arange(n) % 4
-    x = (rng.random((n, 2, size, size)) + y[:, None, None, None]).astype(np.float32)
-    held = [(torch.from_numpy(x[i]), int(y[i])) for i in range(n // 2)]
-    return (x, y), held
+
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(count) % 4
+        return (rng.random((count, 2, size, size)) + y[:, None, None, None]).astype(np.float32), y
+
+    train = draw(n)
+    x_test, y_test = draw(n // 2)
+    test = [(torch.from_numpy(x_test[i]), int(y_test[i])) for i in range(len(y_test))]
+    return (train, draw(n // 4), test) if validation else (train, test)
 
 
 def broken_data():

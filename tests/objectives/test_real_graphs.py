@@ -46,9 +46,10 @@ FAMILIES = [*list_families(), "_user_models:make_net"]
 
 def _data() -> TaskData:
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(24) % 3
-    x = torch.randn(24, 1, 16, 16, generator=g) + y[:, None, None, None].float()
-    return TaskData("tiny", x[:16], y[:16], x[16:], y[16:], in_channels=1, num_classes=3, input_size=(16, 16))
+    y = torch.arange(32) % 3
+    x = torch.randn(32, 1, 16, 16, generator=g) + y[:, None, None, None].float()
+    return TaskData("tiny", x[:16], y[:16], x[16:24], y[16:24], in_channels=1, num_classes=3, input_size=(16, 16),
+                    x_test=x[24:], y_test=y[24:])
 
 
 DATA = _data()

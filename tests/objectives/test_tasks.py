@@ -1,4 +1,4 @@
-"""Tasks: the registry, digits, the IDX reader on small written files, and the real MNIST folder."""
+"""Tasks: the registry, the three splits, digits, the IDX reader on small written files, and the real MNIST folder."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def _write_pair(folder: Path, prefix: str, n: int, *, gz: bool, seed: int = 0, s
     _write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
 
 
-def _load(name: str = "mnist", *, options: dict | None = None, seed: int = 0, holdout: float = 0.25, data_dir=None) -> TaskData:
-    return load_task(name, options=options or {}, seed=seed, holdout=holdout, data_dir=data_dir)
+def _load(name: str = "mnist", *, options: dict | None = None, seed: int = 0, holdout: float = 0.25, test: float = 0.2,
+          data_dir=None) -> TaskData:
+    return load_task(name, options=options or {}, seed=seed, holdout=holdout, test=test, data_dir=data_dir)
 
 
 def _rows(x: torch.Tensor) -> set[bytes]:
@@ -63,7 +64,7 @@ def test_every_task_loads_with_the_documented_invariants(name: str, idx_folder: 
     write_imagefolder(idx_folder)
     data = _load(name, data_dir=idx_folder)
     assert data.name == name
-    for x, y in ((data.x_train, data.y_train), (data.x_holdout, data.y_holdout)):
+    for x, y in ((data.x_train, data.y_train), (data.x_holdout, data.y_holdout), (data.x_test, data.y_test)):
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert tuple(x.shape[1:]) == (data.in_channels, *data.input_size)
         assert len(x) == len(y) > 0
@@ -74,15 +75,32 @@ def test_every_task_loads_with_the_documented_invariants(name: str, idx_folder: 
     assert "x_train" not in repr(data)  # the repr stays one short line
 
 
+@pytest.mark.parametrize("name", list_tasks())
+def test_every_task_keeps_validation_and_test_apart(name: str, idx_folder: Path, monkeypatch) -> None:
+    from _data_folders import accept_generated_cifar, write_cifar10, write_cifar100, write_imagefolder
+
+    # The folders hold no image twice, so a shared row would be a shared sample. One normalisation
+    # maps equal images to equal rows in every split.
+    accept_generated_cifar(monkeypatch)
+    write_cifar10(idx_folder)
+    write_cifar100(idx_folder)
+    write_imagefolder(idx_folder)
+    data = _load(name, data_dir=idx_folder)
+    train, held, tested = _rows(data.x_train), _rows(data.x_holdout), _rows(data.x_test)
+    assert len(held) == len(data.x_holdout) and len(tested) == len(data.x_test)
+    assert not held & tested, f"task {name!r}: validation and test share {len(held & tested)} samples"
+    assert not train & (held | tested), f"task {name!r}: training shares samples with validation or test"
+
+
 def test_list_and_register() -> None:
     assert {"digits", "mnist", "fashion_mnist"} <= set(list_tasks())
     assert list_tasks() == sorted(list_tasks())
 
     @register_task("_test_tiny")
-    def _tiny(options, *, seed, holdout, data_dir):
+    def _tiny(options, *, seed, holdout, test, data_dir):
         x = torch.zeros(4, 1, 2, 2)
         y = torch.tensor([0, 1, 0, 1])
-        return TaskData("_test_tiny", x, y, x, y, in_channels=1, num_classes=2, input_size=(2, 2))
+        return TaskData("_test_tiny", x, y, x, y, in_channels=1, num_classes=2, input_size=(2, 2), x_test=x, y_test=y)
 
     try:
         assert "_test_tiny" in list_tasks()
@@ -103,6 +121,18 @@ def test_holdout_outside_the_open_unit_interval_is_refused(holdout) -> None:
         _load("digits", holdout=holdout)
 
 
+@pytest.mark.parametrize("test", [0, 1, -0.1, True, "0.2", float("nan")])
+def test_test_fraction_outside_the_open_unit_interval_is_refused(test) -> None:
+    with pytest.raises(SqueezeError, match=r"`task\.test` must be a fraction strictly between 0 and 1"):
+        _load("digits", test=test)
+
+
+def test_a_loader_without_a_test_split_is_refused() -> None:
+    x, y = torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(TypeError, match="x_test"):
+        TaskData("_no_test", x, y, x, y, in_channels=1, num_classes=2, input_size=(2, 2))  # type: ignore[call-arg]
+
+
 def test_holdout_too_small_for_one_sample_per_class() -> None:
     with pytest.raises(SqueezeError, match=r"`task\.holdout` must leave at least 10 samples"):
         _load("digits", holdout=0.001)
@@ -117,7 +147,7 @@ def test_bad_seed(seed) -> None:
 def test_unknown_option_names_the_key_and_the_allowed_ones(idx_folder: Path) -> None:
     with pytest.raises(SqueezeError, match=r"`task\.options\.limit` is not an option of task 'digits'; it takes no options"):
         _load("digits", options={"limit": 5})
-    with pytest.raises(SqueezeError, match=r"`task\.options\.lmit` .* the allowed keys are \['holdout_limit', 'input_size', 'limit', 'mean', 'std'\]"):
+    with pytest.raises(SqueezeError, match=r"`task\.options\.lmit` .* the allowed keys are \['holdout_limit', 'input_size', 'limit', 'mean', 'std', 'test_limit'\]"):
         _load("mnist", options={"lmit": 5}, data_dir=idx_folder)
 
 
@@ -131,10 +161,11 @@ def test_limit_must_be_a_positive_integer(value, idx_folder: Path) -> None:
 
 
 def test_digits_shapes_and_split() -> None:
-    data = _load("digits", holdout=0.2)
+    data = _load("digits", holdout=0.2, test=0.2)
     assert data.input_size == (8, 8) and data.in_channels == 1 and data.num_classes == 10
-    assert len(data.x_train) + len(data.x_holdout) == 1797
-    assert len(data.x_holdout) == 360  # ceil(0.2 * 1797)
+    assert len(data.x_train) + len(data.x_holdout) + len(data.x_test) == 1797
+    assert len(data.x_test) == 360  # ceil(0.2 * 1797)
+    assert len(data.x_holdout) == 288  # ceil(0.2 * 1437), the rest
     # Stratified: every class is on both sides, in about the same proportion.
     train_share = torch.bincount(data.y_train, minlength=10) / len(data.y_train)
     held_share = torch.bincount(data.y_holdout, minlength=10) / len(data.y_holdout)
@@ -143,26 +174,38 @@ def test_digits_shapes_and_split() -> None:
 
 def test_digits_is_deterministic_in_the_seed() -> None:
     a, b, c = _load("digits", seed=7), _load("digits", seed=7), _load("digits", seed=8)
-    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_holdout, b.y_holdout)
-    assert not torch.equal(a.y_holdout, c.y_holdout)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_holdout, b.y_holdout) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.y_holdout, c.y_holdout) and not torch.equal(a.y_test, c.y_test)
 
 
-def test_digits_train_and_holdout_do_not_overlap() -> None:
+def test_the_test_split_does_not_move_when_holdout_changes() -> None:
+    # Carved first, from a seed of its own: a study that changes its validation share tests on the same images.
+    a, b = _load("digits", holdout=0.1, seed=3), _load("digits", holdout=0.4, seed=3)
+    assert len(a.x_holdout) < len(b.x_holdout)
+    assert _digit_levels(a, a.x_test) == _digit_levels(b, b.x_test) and torch.equal(a.y_test, b.y_test)
+
+
+def _digit_levels(data: TaskData, x: torch.Tensor) -> list[bytes]:
+    """Undo the normalisation of digits: raw pixels are 0..16 and both ends occur in the training part."""
+    lo, hi = data.x_train.min(), data.x_train.max()
+    levels = torch.round(16 * (x - lo) / (hi - lo)).to(torch.uint8)
+    return [row.numpy().tobytes() for row in levels.reshape(len(x), -1)]
+
+
+def test_digits_splits_do_not_overlap() -> None:
     from collections import Counter
 
     from sklearn.datasets import load_digits
 
     data = _load("digits", seed=3, holdout=0.3)
-    # Undo the normalisation: raw pixels are 0..16 and both ends occur in the training part.
-    lo, hi = data.x_train.min(), data.x_train.max()
 
     def raw(x: torch.Tensor) -> list[bytes]:
-        levels = torch.round(16 * (x - lo) / (hi - lo)).to(torch.uint8)
-        return [row.numpy().tobytes() for row in levels.reshape(len(x), -1)]
+        return _digit_levels(data, x)
 
     images = load_digits().images.astype(np.uint8).reshape(1797, -1)
-    # Each image lands on exactly one side: the two parts add up to the data set, no more, no less.
-    assert Counter(raw(data.x_train)) + Counter(raw(data.x_holdout)) == Counter(r.tobytes() for r in images)
+    # Each image lands in exactly one split: the three add up to the data set, no more, no less.
+    assert Counter(raw(data.x_train)) + Counter(raw(data.x_holdout)) + Counter(raw(data.x_test)) \
+        == Counter(r.tobytes() for r in images)
 
 
 def test_normalisation_uses_the_training_part_only(tmp_path: Path) -> None:
@@ -174,64 +217,78 @@ def test_normalisation_uses_the_training_part_only(tmp_path: Path) -> None:
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images)
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
     data = _load("mnist", data_dir=tmp_path)
-    train = torch.from_numpy(dark.astype(np.float32) / 255)
-    held = torch.from_numpy(bright.astype(np.float32) / 255)
-    expected = (held - train.mean()) / train.std()
-    assert torch.allclose(data.x_holdout[:, 0], expected, atol=1e-5)
-    assert data.x_holdout.mean() > 2
+    bright_pixels = torch.from_numpy(bright.astype(np.float32) / 255).flatten()
+    # t10k is the test split, mapped by one affine map (x - mean) / std; solve it for the mean and std used.
+    tested = data.x_test[:, 0].flatten()
+    slope, intercept = np.polyfit(bright_pixels.numpy(), tested.numpy(), 1)
+    assert np.allclose(slope * bright_pixels.numpy() + intercept, tested.numpy(), atol=1e-4)
+    mean, std = -intercept / slope, 1 / slope
+    assert mean < 100 / 255 and std < 0.2  # the dark training images' statistics, not the bright ones'
+    assert data.x_train.mean().abs() < 1e-4 and data.x_test.mean() > 2
 
 
 # --- IDX reader --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_both_pairs_train_on_train_and_hold_out_t10k(tmp_path: Path, gz: bool) -> None:
+def test_both_pairs_validate_on_part_of_train_and_test_on_t10k(tmp_path: Path, gz: bool) -> None:
     _write_pair(tmp_path, "train", 60, gz=gz, seed=1)
     _write_pair(tmp_path, "t10k", 30, gz=gz, seed=2)
-    data = _load("mnist", data_dir=tmp_path, holdout=0.9)  # holdout unused with both pairs
-    assert data.x_train.shape == (60, 1, 6, 6) and data.x_holdout.shape == (30, 1, 6, 6)
-    assert data.input_size == (6, 6)
-    # The pixels survive parsing: undoing the normalisation gives back the written bytes.
+    data = _load("mnist", data_dir=tmp_path, holdout=0.25, test=0.9)  # `test` unused: t10k is the test split
+    assert data.x_train.shape == (45, 1, 6, 6) and data.x_holdout.shape == (15, 1, 6, 6)
+    assert data.x_test.shape == (30, 1, 6, 6) and data.input_size == (6, 6)
+    # The pixels survive parsing: t10k comes back in file order through one affine map (the normalisation)...
+    tested = np.random.default_rng(2).integers(0, 256, size=(30, 6, 6)).flatten().astype(np.float64)
+    slope, intercept = np.polyfit(tested, data.x_test.flatten().double().numpy(), 1)
+    assert np.abs(slope * tested + intercept - data.x_test.flatten().double().numpy()).max() < 1e-4
+    assert torch.equal(data.y_test, torch.arange(30) % 10)
+
+    # ...and the train file is split between training and validation, each image on one side.
+    def restore(x: torch.Tensor) -> list[bytes]:
+        levels = np.round((x.double().numpy() - intercept) / slope).astype(np.uint8)
+        return [row.tobytes() for row in levels.reshape(len(x), -1)]
+
     written = np.random.default_rng(1).integers(0, 256, size=(60, 6, 6)).astype(np.uint8)
-    x = torch.from_numpy(written.astype(np.float32) / 255)
-    restored = data.x_train[:, 0] * x.std() + x.mean()
-    assert torch.allclose(restored, x, atol=1e-5)
-    assert torch.equal(data.y_train, torch.arange(60) % 10)
+    assert sorted(restore(data.x_train) + restore(data.x_holdout)) == sorted(row.tobytes() for row in written.reshape(60, -1))
 
 
 def test_one_pair_is_split_seeded_and_stratified(tmp_path: Path) -> None:
     _write_pair(tmp_path, "t10k", 100, gz=False)
-    a = _load("mnist", data_dir=tmp_path, holdout=0.2, seed=5)
-    b = _load("mnist", data_dir=tmp_path, holdout=0.2, seed=5)
-    assert len(a.x_train) == 80 and len(a.x_holdout) == 20
+    a = _load("mnist", data_dir=tmp_path, holdout=0.25, test=0.2, seed=5)
+    b = _load("mnist", data_dir=tmp_path, holdout=0.25, test=0.2, seed=5)
+    assert (len(a.x_train), len(a.x_holdout), len(a.x_test)) == (60, 20, 20)
     assert torch.equal(torch.bincount(a.y_holdout), torch.full((10,), 2))
-    assert torch.equal(a.x_holdout, b.x_holdout)
-    assert not _rows(a.x_train) & _rows(a.x_holdout)  # random 6x6 images are all distinct
+    assert torch.equal(torch.bincount(a.y_test), torch.full((10,), 2))
+    assert torch.equal(a.x_holdout, b.x_holdout) and torch.equal(a.x_test, b.x_test)
+    train, held, tested = _rows(a.x_train), _rows(a.x_holdout), _rows(a.x_test)  # random 6x6 images are all distinct
+    assert not train & held and not train & tested and not held & tested
 
 
 def test_a_train_pair_alone_is_split_too(tmp_path: Path) -> None:
-    _write_pair(tmp_path, "train", 40, gz=True)
-    data = _load("fashion_mnist", data_dir=tmp_path, holdout=0.25)
-    assert len(data.x_train) == 30 and len(data.x_holdout) == 10
+    _write_pair(tmp_path, "train", 80, gz=True)
+    data = _load("fashion_mnist", data_dir=tmp_path, holdout=0.25, test=0.25)
+    assert (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (45, 15, 20)
 
 
 def test_plain_file_is_preferred_over_its_gz_copy(tmp_path: Path) -> None:
-    _write_pair(tmp_path, "t10k", 40, gz=False)
+    _write_pair(tmp_path, "t10k", 80, gz=False)
     # A broken .gz next to the extracted file, as a half-finished copy might leave, is not read.
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"junk")
-    assert len(_load("mnist", data_dir=tmp_path).x_train) == 30
+    assert len(_load("mnist", data_dir=tmp_path, holdout=0.25, test=0.2).x_train) == 48  # 80 - 16 to test - 16 to validate
 
 
 def test_limits_subsample_each_part_seeded(tmp_path: Path) -> None:
     _write_pair(tmp_path, "train", 200, gz=False)
     _write_pair(tmp_path, "t10k", 100, gz=False, seed=1)
-    a = _load("mnist", data_dir=tmp_path, options={"limit": 50, "holdout_limit": 20}, seed=4)
-    b = _load("mnist", data_dir=tmp_path, options={"limit": 50, "holdout_limit": 20}, seed=4)
-    assert len(a.x_train) == 50 and len(a.x_holdout) == 20
-    assert torch.equal(a.x_train, b.x_train)
+    limits = {"limit": 50, "holdout_limit": 20, "test_limit": 30}
+    a = _load("mnist", data_dir=tmp_path, options=limits, seed=4)
+    b = _load("mnist", data_dir=tmp_path, options=limits, seed=4)
+    assert (len(a.x_train), len(a.x_holdout), len(a.x_test)) == (50, 20, 30)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, b.x_test)
     assert torch.equal(torch.bincount(a.y_train), torch.full((10,), 5))  # stratified
+    assert torch.equal(torch.bincount(a.y_test), torch.full((10,), 3))
     # A limit above the size keeps everything; a tiny one still works without stratifying.
-    assert len(_load("mnist", data_dir=tmp_path, options={"limit": 10_000}).x_train) == 200
+    assert len(_load("mnist", data_dir=tmp_path, options={"limit": 10_000}).x_train) == 150  # 200 less 50 to validate
     assert len(_load("mnist", data_dir=tmp_path, options={"limit": 3}).x_train) == 3
 
 
@@ -310,11 +367,15 @@ def test_folder_without_a_pair(tmp_path: Path) -> None:
 
 
 def test_real_mnist_t10k_folder(mnist_dir: Path) -> None:
-    data = _load("mnist", data_dir=mnist_dir, holdout=0.2, seed=0)
-    assert data.x_train.shape == (8000, 1, 28, 28) and data.x_holdout.shape == (2000, 1, 28, 28)
-    counts = torch.bincount(torch.cat([data.y_train, data.y_holdout]), minlength=10)
+    # The folder holds t10k alone: all three splits come out of its 10,000 images, disjoint.
+    data = _load("mnist", data_dir=mnist_dir, holdout=0.1, test=0.1, seed=0)
+    assert data.x_test.shape == (1000, 1, 28, 28) and data.x_holdout.shape == (900, 1, 28, 28)
+    assert data.x_train.shape == (8100, 1, 28, 28)
+    counts = torch.bincount(torch.cat([data.y_train, data.y_holdout, data.y_test]), minlength=10)
     assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the published ones
+    train, held, tested = _rows(data.x_train), _rows(data.x_holdout), _rows(data.x_test)  # no image occurs twice in t10k
+    assert len(train) + len(held) + len(tested) == 10_000 and not held & tested and not train & (held | tested)
     assert data.x_train.mean().abs() < 1e-4 and (data.x_train.std() - 1).abs() < 1e-4
-    small = _load("mnist", data_dir=mnist_dir, options={"limit": 500, "holdout_limit": 100}, seed=0)
-    assert len(small.x_train) == 500 and len(small.x_holdout) == 100
+    small = _load("mnist", data_dir=mnist_dir, options={"limit": 500, "holdout_limit": 100, "test_limit": 200}, seed=0)
+    assert (len(small.x_train), len(small.x_holdout), len(small.x_test)) == (500, 100, 200)
     assert set(small.y_train.tolist()) == set(range(10))

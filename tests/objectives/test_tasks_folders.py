@@ -32,7 +32,8 @@ def test_cifar10_reads_torchvisions_layout_from_the_root_or_the_batches_folder(t
     write_cifar10(tmp_path, per_batch=20)
     data = _load("cifar10", tmp_path)
     assert (data.in_channels, data.num_classes, data.input_size) == (3, 10, (32, 32))
-    assert len(data.x_train) == 5 * 20 and len(data.x_holdout) == 20  # the test batch is the held-out part
+    assert len(data.x_test) == 20  # the test batch is the test split; validation comes out of the training batches
+    assert len(data.x_train) == 75 and len(data.x_holdout) == 25
     same = _load("cifar10", tmp_path / "cifar-10-batches-py")
     assert torch.equal(same.x_train, data.x_train)
 
@@ -43,17 +44,17 @@ def test_cifar10_pixels_and_labels_are_the_files(tmp_path: Path, generated) -> N
         batch = pickle.load(f, encoding="latin1")
     data = _load("cifar10", tmp_path, mean=0.0, std=1.0)
     expected = torch.from_numpy(batch["data"].reshape(-1, 3, 32, 32).astype(np.float32) / 255)
-    assert torch.allclose(data.x_holdout, expected)
-    assert data.y_holdout.tolist() == batch["labels"]
+    assert torch.allclose(data.x_test, expected)
+    assert data.y_test.tolist() == batch["labels"]
 
 
 def test_cifar_limits_and_cifar100(tmp_path: Path, generated) -> None:
     write_cifar10(tmp_path, per_batch=20)
-    data = _load("cifar10", tmp_path, limit=30, holdout_limit=10)
-    assert (len(data.x_train), len(data.x_holdout)) == (30, 10)
-    write_cifar100(tmp_path, n=200)
+    data = _load("cifar10", tmp_path, limit=30, holdout_limit=10, test_limit=12)
+    assert (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (30, 10, 12)
+    write_cifar100(tmp_path, n=400)
     data = _load("cifar100", tmp_path)
-    assert data.num_classes == 100 and len(data.x_train) == len(data.x_holdout) == 200
+    assert data.num_classes == 100 and (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (300, 100, 400)
 
 
 def test_a_cifar_folder_in_the_wrong_layout_names_the_folder_and_the_layout(tmp_path: Path) -> None:
@@ -90,7 +91,8 @@ def test_imagefolder_with_train_and_val(tmp_path: Path) -> None:
     write_imagefolder(tmp_path, per_class=6, classes=3, size=12)
     data = _load("imagefolder", tmp_path)
     assert (data.in_channels, data.num_classes, data.input_size) == (3, 3, (12, 12))
-    assert len(data.x_train) == 18 and len(data.x_holdout) == 9
+    # val/ is the validation split; with no test/, the test split is carved out of train/ (0.2 of 18).
+    assert (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (14, 9, 4)
     gray = _load("imagefolder", tmp_path, channels=1, input_size=[8, 10])
     assert gray.in_channels == 1 and gray.input_size == (8, 10)
 
@@ -98,7 +100,16 @@ def test_imagefolder_with_train_and_val(tmp_path: Path) -> None:
 def test_imagefolder_without_a_held_out_folder_is_split(tmp_path: Path) -> None:
     write_imagefolder(tmp_path, per_class=8, classes=2, split=False)
     data = _load("imagefolder", tmp_path)
-    assert len(data.x_train) + len(data.x_holdout) == 16 and len(data.x_holdout) == 4
+    assert (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (9, 3, 4)  # 16: 4 to test, 3 of 12 to validate
+
+
+def test_imagefolder_test_folder_is_the_test_split(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path, per_class=6, classes=3, test=True)
+    data = _load("imagefolder", tmp_path)
+    assert (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (18, 9, 9)
+    (tmp_path / "val").rename(tmp_path / "elsewhere")
+    data = _load("imagefolder", tmp_path)  # no val/: validation comes out of train/ (0.25 of 18)
+    assert (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (13, 5, 9)
 
 
 def test_images_of_different_sizes_need_an_input_size(tmp_path: Path) -> None:
@@ -164,7 +175,10 @@ def test_mnist_takes_input_size(mnist_dir: Path) -> None:
 def test_a_user_data_set_from_package_module_function() -> None:
     data = _load("_user_models:load_data", None, kwargs={"size": 8})
     assert (data.in_channels, data.num_classes, data.input_size) == (2, 4, (8, 8))
-    assert len(data.x_train) == 40 and len(data.x_holdout) == 20  # a pair of arrays, and a Dataset
+    # (train, test): a pair of arrays, and a Dataset; validation comes out of the training part.
+    assert (len(data.x_train), len(data.x_holdout), len(data.x_test)) == (30, 10, 20)
+    three = _load("_user_models:load_data", None, kwargs={"size": 8, "validation": True})
+    assert (len(three.x_train), len(three.x_holdout), len(three.x_test)) == (40, 10, 20)
 
 
 @pytest.mark.parametrize(("name", "message"), [

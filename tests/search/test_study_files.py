@@ -32,7 +32,7 @@ def _write_idx(root: Path) -> Path:
     """MNIST's layout: gzipped IDX image and label files for a train and a t10k split."""
     root.mkdir(parents=True, exist_ok=True)
     for prefix, seed in (("train", 0), ("t10k", 1)):
-        x, y = images(40, classes=10, size=28, channels=1, seed=seed)
+        x, y = images(100, classes=10, size=28, channels=1, seed=seed)
         with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
             f.write(struct.pack(">iIII", 2051, len(x), 28, 28) + x.astype(np.uint8).tobytes())
         with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
@@ -45,7 +45,7 @@ WRITERS: dict[str, Callable[[Path], Path] | None] = {
     "mnist": _write_idx,
     "fashion_mnist": _write_idx,
     "cifar10": lambda root: write_cifar10(root, per_batch=20),
-    "cifar100": lambda root: write_cifar100(root, n=200),
+    "cifar100": lambda root: write_cifar100(root, n=400),
     "imagefolder": lambda root: write_imagefolder(root, per_class=4, classes=3),
 }
 """A writer of small generated data in each task's layout, for the tasks the shipped studies use."""
