@@ -5,13 +5,15 @@ from . import _cifar, _digits, _idx, _imagefolder  # noqa: F401
 from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
 from ._evaluate import Judged, evaluate_plan, latency_key, size_lower_bound, teacher_artifact
-from ._latency import Latency, LatencySpec, cpu_model, measure
+from ._latency import RUNTIMES, Latency, LatencySpec, cpu_model, measure
+from ._ort import LoadedOnnx, OrtModel, decode_onnx, deploy, load_onnx
 from ._task_registry import TaskData, TaskLoader, list_tasks, load_task, register_task, task_loader, unregister_task
 from ._train import DivergedError, TrainingBudget, accuracy, train_teacher, training_device
 
 __all__ = [
     "PRUNERS",
     "QUANTIZERS",
+    "RUNTIMES",
     "Arch",
     "CompressSpec",
     "DivergedError",
@@ -19,18 +21,23 @@ __all__ = [
     "Latency",
     "LatencySpec",
     "Loaded",
+    "LoadedOnnx",
+    "OrtModel",
     "TaskData",
     "TaskLoader",
     "TrainingBudget",
     "accuracy",
     "cpu_model",
     "decode",
+    "decode_onnx",
+    "deploy",
     "encode",
     "evaluate_plan",
     "latency_key",
     "size_lower_bound",
     "list_tasks",
     "load_artifact",
+    "load_onnx",
     "load_task",
     "measure",
     "register_task",

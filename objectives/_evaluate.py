@@ -20,11 +20,13 @@ from torch import nn
 
 from squeeze.spaces import CompressionPlan, ModelFamily
 
-from ._artifact import Arch, decode, encode, size_floor
+from ._artifact import Arch, encode, size_floor
 from ._compress import CompressSpec, channel_keep, weight_scales
 from . import _materialize
 from ._latency import Latency, LatencySpec, cpu_model, measure
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
+from ._onnx import build_model, io_card, serialize, writer
+from ._ort import deploy, runtime_version
 from ._task_registry import TaskData
 from ._train import TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device
 
@@ -88,6 +90,9 @@ def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec, model: 
         "torch": torch.__version__,
         "engine": _materialize.ENGINE,
     }
+    if spec.runtime != "torch":
+        # ONNX Runtime folds the casts of int4, int2 and float16 weights at load: the same rule holds.
+        payload["runtime"] = runtime_version()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -99,10 +104,14 @@ def _network(arch: Arch, model: torch.fx.GraphModule | None) -> dict[str, Any]:
 
 
 def teacher_artifact(
-    teacher: nn.Module, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData, card: Mapping[str, Any] | None = None
+    teacher: nn.Module, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData, card: Mapping[str, Any] | None = None,
+    runtime: str = "torch",
 ) -> bytes:
-    """The teacher as an artifact: folded float, the same format as every candidate."""
+    """The teacher as an artifact: folded float, the same format as every candidate (an ONNX model for ``onnxruntime``)."""
     plan = CompressionPlan()
+    if runtime == "onnxruntime":
+        model = build_model(fold_batchnorm(teacher), plan=plan, scales={}, activations={}, example=data.x_train[:1])
+        return serialize(model, plan=plan, io=_io(data), card=card)
     arch = _arch(plan, family=family, options=options, data=data,
                  channels=out_channels(teacher, family.prunable(teacher)))
     return encode(fold_batchnorm(teacher), arch=arch, plan=plan, scales={}, activations={}, card=card)
@@ -131,6 +140,12 @@ def size_lower_bound(
         channels[name] = min(total, math.ceil(kept / compress.round_channels) * compress.round_channels)
     arch = _arch(plan, family=family, options=options, data=data, channels=channels)
     return size_floor(arch=arch, plan=plan, card={}, activations=0, family=family)
+
+
+def _io(data: TaskData) -> dict[str, Any]:
+    """What a deployed model of ``data``'s task takes and gives, for the ONNX model's metadata."""
+    return io_card(in_channels=data.in_channels, input_size=data.input_size, num_classes=data.num_classes,
+                   mean=data.mean, std=data.std)
 
 
 def _arch(plan: CompressionPlan, *, family: ModelFamily, options: Mapping[str, Any], data: TaskData,
@@ -229,11 +244,18 @@ def evaluate_plan(
 
     gen = torch.Generator().manual_seed(seed + 3)
     calib_idx = torch.randperm(len(data.x_train), generator=gen)[:CALIBRATION_SAMPLES]
-    activations = calibrate(folded, dict(plan.bits), scales, example=example, calibration=data.x_train[calib_idx])
     arch = _arch(plan, family=family, options=options, data=data,
                  channels=out_channels(student, family.prunable(student)))
-    draft = encode(folded, arch=arch, plan=plan, scales=scales, activations=activations)
-    deployed = decode(draft, family=family).module
+    if latency.runtime == "onnxruntime":
+        write = writer(folded, plan=plan, scales=scales, calibration=data.x_train[calib_idx], example=example,
+                       io=_io(data))
+    else:
+        activations = calibrate(folded, dict(plan.bits), scales, example=example, calibration=data.x_train[calib_idx])
+
+        def write(card: Mapping[str, Any] | None = None) -> bytes:
+            return encode(folded, arch=arch, plan=plan, scales=scales, activations=activations, card=card)
+    draft = write()
+    deployed = deploy(draft, runtime=latency.runtime, family=family, threads=latency.threads)
     lap("materialize")
 
     acc = accuracy(deployed, data.x_holdout, data.y_holdout)
@@ -243,8 +265,7 @@ def evaluate_plan(
     lat = known or measure(deployed, teacher_deployed, example, spec=latency)
     lap("latency")
 
-    blob = encode(
-        folded, arch=arch, plan=plan, scales=scales, activations=activations,
+    blob = write(
         card={
             **(card or {}),
             "accuracy": acc,
@@ -255,6 +276,7 @@ def evaluate_plan(
             "batch": lat.batch,
             "cpu": lat.cpu,
             "torch": lat.torch_version,
+            **({"runtime": lat.engine} if latency.runtime != "torch" else {}),
         },
     )
     return Judged(

@@ -27,17 +27,33 @@ from squeeze.spaces import SqueezeError
 from . import _materialize
 
 
+RUNTIMES = ("onnxruntime", "torch")
+"""Where a study's candidates run, and so what is stored, measured and exported for each trial.
+
+``torch``: PyTorch modules (``torch.ao`` int8 kernels) in squeeze's ``SQZ1`` artifact; ``onnxruntime``:
+one ONNX model per candidate, run by ONNX Runtime's CPU provider (``objectives/_onnx.py``)."""
+
+
 @dataclass(frozen=True)
 class LatencySpec:
-    """How latency is measured; recorded with every trial."""
+    """How latency is measured; recorded with every trial.
+
+    ``runtime`` (one of :data:`RUNTIMES`) is the deployment runtime: the teacher and every
+    candidate are stored, timed and scored in it. Here it defaults to ``torch``, the runtime every
+    study had before there was a choice; a new study file takes the study default instead
+    (``squeeze.search``).
+    """
 
     batch: int = 1
     threads: int = 1
     warmup: int = 5
     repeats: int = 30
     min_round_ms: float = 2.0
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise SqueezeError(f"`latency.runtime` must be one of {list(RUNTIMES)}, but got {self.runtime!r}.")
         for key in ("batch", "threads", "repeats"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -70,7 +86,9 @@ class Latency:
     cpu: str
     warmup: int = 0
     engine: str = ""
-    """PyTorch's quantized CPU engine that int8 layers were built for."""
+    """PyTorch's quantized CPU engine that int8 layers were built for, or ONNX Runtime's version and provider."""
+    runtime: str = "torch"
+    """The runtime both models ran in (:data:`RUNTIMES`)."""
 
     def attrs(self) -> dict[str, object]:
         return asdict(self)
@@ -134,10 +152,19 @@ def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, 
             torch_version=torch.__version__,
             cpu=cpu_model(),
             warmup=spec.warmup,
-            engine=_materialize.ENGINE,
+            engine=_engine(spec.runtime),
+            runtime=spec.runtime,
         )
     finally:
         torch.set_num_threads(previous)
+
+
+def _engine(runtime: str) -> str:
+    if runtime == "onnxruntime":
+        from ._ort import runtime_version
+
+        return runtime_version()
+    return _materialize.ENGINE
 
 
 def _lower(times: list[float]) -> float:

@@ -75,4 +75,6 @@ def task_data(
         in_channels=xt.shape[1],
         num_classes=num_classes,
         input_size=(xt.shape[2], xt.shape[3]),
+        mean=tuple(float(v) for v in mean.reshape(-1)),
+        std=tuple(float(v) for v in std.reshape(-1)),
     )

@@ -40,6 +40,10 @@ class TaskData:
     input_size: tuple[int, int]
     x_test: torch.Tensor = field(repr=False, kw_only=True)
     y_test: torch.Tensor = field(repr=False, kw_only=True)
+    mean: tuple[float, ...] | None = field(default=None, kw_only=True)
+    std: tuple[float, ...] | None = field(default=None, kw_only=True)
+    """The per-channel normalisation ``x = (pixels - mean) / std`` on pixels in [0, 1], where the
+    loader knows it: an exported model says in its metadata what input it expects."""
 
     def __post_init__(self) -> None:
         # A registered loader may come from outside this package, so check its output once here
