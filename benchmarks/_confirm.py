@@ -42,7 +42,7 @@ import torch
 
 from _retrain import own_seed, retrained
 from squeeze.search import Point
-from squeeze.search._pareto import dominates
+from squeeze.search import dominates
 
 
 def within_reach(points: Sequence[Point], *, margin: float, skip: Set[int] = frozenset()) -> dict[int, list[int]]:

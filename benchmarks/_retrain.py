@@ -19,16 +19,13 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution
 
-from squeeze.objectives import evaluate_plan
-from squeeze.search._api import prepare, resolve
-from squeeze.search._latencies import LatencyBook
-from squeeze.search._study import connect, ensure_teacher, training_seed
-from squeeze.spaces import JointSpace, SqueezeError, get_family
+from squeeze.search import load_spec, open_session
+from squeeze.spaces import SqueezeError
 
 
 def own_seed(study_file: str | Path) -> int:
     """The training seed of the study created from ``study_file``."""
-    return training_seed(_spec(study_file))
+    return _spec(study_file).training_seed()
 
 
 def retrained(study_file: str | Path, numbers: Sequence[int], seeds: Sequence[int], *,
@@ -68,30 +65,18 @@ def moved(study_file: str | Path, plans: Sequence[tuple[int, Mapping[str, str]]]
     there, before anything is trained.
     """
     spec = _spec(study_file)
-    data = prepare(spec)
-    ctx = connect(spec, create=False)
-    teacher = ensure_teacher(ctx, data)
-    study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
+    session = open_session(spec, create=False)
+    study = session.study
     done = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     missing = sorted({n for n, _ in plans if n not in done})
     if missing:
         raise SqueezeError(f"trials {missing} are not completed trials of study {spec.study.name!r}.")
     params = [_changed(done[n], changes) for n, changes in plans]
-    family = get_family(spec.task.family)
-    space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
-    book = LatencyBook()
     out = []
     for index, values in enumerate(params):
-        plan = space.plan_for(values, in_channels=data.in_channels, num_classes=data.num_classes)
-        judged = [
-            evaluate_plan(
-                plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
-                options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
-                latency=spec.latency, seed=seed, device=spec.task.device,
-                known_latency=lambda key: book.measured(study, key),
-            )
-            for seed in seeds
-        ]
+        plan = session.space.plan_for(values, in_channels=session.data.in_channels,
+                                      num_classes=session.data.num_classes)
+        judged = [session.evaluate(plan, seed=seed) for seed in seeds]
         first = judged[0]
         out.append(Retrained(accuracy=[j.accuracy for j in judged], size_bytes=first.size_bytes,
                              latency_ratio=first.latency.ratio, latency_reused=first.latency_reused))
@@ -129,7 +114,6 @@ def _same_number(choice: Any, text: str) -> bool:
 
 
 def _spec(study_file: str | Path):
-    spec = resolve(str(study_file)).spec
-    if spec is None:
+    if not Path(study_file).is_file():
         raise SqueezeError(f"{str(study_file)!r} is not a study file; give the .toml the study was created with.")
-    return spec
+    return load_spec(str(study_file))

@@ -24,16 +24,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--study", default=str(REPO / "studies" / "digits.toml"))
     args = parser.parse_args()
-    from squeeze.search import _api
+    from squeeze.search import front
 
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         env = dict(os.environ, SQUEEZE_STORAGE=url)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "squeeze.search._cli", "run", args.study], check=True, env=env, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "squeeze.search", "run", args.study], check=True, env=env, cwd=REPO)
         elapsed = time.perf_counter() - start
-        target = _api.resolve(args.study, storage=url)
-        data = _api.front(target)
+        data = front(args.study, storage=url)
         teacher = data.teacher
         small_and_good = [
             p for p in data.front

@@ -2,7 +2,7 @@
 
 A CNN big enough that kernels dominate (family ``cnn``, widths 64-128-256, depths 2-2-2, on 28x28
 MNIST inputs) is trained briefly; then two plans go through the whole trial pipeline
-(:func:`evaluate_plan`: distil, NNI masks, channel removal, fine-tune, BN folding, NNI QAT,
+(:func:`evaluate`: distil, NNI masks, channel removal, fine-tune, BN folding, NNI QAT,
 calibration, artifact encode and decode) and their decoded artifacts are timed against the decoded
 teacher artifact with the study's latency protocol (:func:`measure`: interleaved rounds, ratio of
 lower-decile round times, interquartile range of the per-round ratios), at batch 1 and batch 32:
@@ -29,18 +29,18 @@ import torch
 from torch import nn
 
 from squeeze.objectives import (
+    int8_engine,
     CompressSpec,
     LatencySpec,
     TrainingBudget,
     accuracy,
     decode,
-    evaluate_plan,
+    evaluate,
     load_task,
     measure,
     teacher_artifact,
     train_teacher,
 )
-from squeeze.objectives import _materialize
 from squeeze.spaces import CompressionPlan, get_family
 
 OPTIONS = {"widths": [64, 128, 256], "depths": [2, 2, 2]}
@@ -103,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = LatencySpec(threads=args.threads, repeats=args.repeats)
     artifacts = {}
     for name, plan in plans.items():
-        judged = evaluate_plan(plan, teacher=teacher, teacher_deployed=deployed, family=family, options=OPTIONS,
+        judged = evaluate(plan, teacher=teacher, teacher_deployed=deployed, family=family, options=OPTIONS,
                                data=data, budget=budget, compress=CompressSpec(), latency=spec, seed=1)
         artifacts[name] = judged.artifact
         print(f"# {name}: {len(judged.artifact)} bytes, held-out accuracy {judged.accuracy:.4f}, "
               f"trial ratio {judged.latency.ratio:.3f} (batch {judged.latency.batch})", flush=True)
 
     print(f"\ncnn widths {OPTIONS['widths']} depths {OPTIONS['depths']}, 1x28x28, threads {args.threads}, "
-          f"repeats {args.repeats}, torch {torch.__version__}, engine {_materialize.ENGINE}")
+          f"repeats {args.repeats}, torch {torch.__version__}, engine {ENGINES[0]}")
     ok = True
     rows = []
     example = data.x_train[:1]
@@ -132,12 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("folded float teacher", "eager float teacher (BN unfolded)", batch, lat, "", ""))
     if args.engines:
         for engine in ENGINES:
-            _materialize.ENGINE = engine
-            module = decode(artifacts["int8"]).module
+            with int8_engine(engine):
+                module = decode(artifacts["int8"]).module
             for batch in BATCHES:
                 lat = measure(module, deployed, example, spec=LatencySpec(batch=batch, threads=args.threads, repeats=args.repeats))
                 rows.append((f"int8, engine {engine}", "folded float teacher", batch, lat, "", ""))
-        _materialize.ENGINE = ENGINES[0]
         torch.backends.quantized.engine = ENGINES[0]
     print("\n| candidate | baseline | batch | candidate ms | baseline ms | speedup | ratio IQR | target | met |")
     print("|---|---|---:|---:|---:|---:|---:|---|---|")

@@ -67,17 +67,15 @@ import torch
 
 from _confirm import confirm, remeasured, within_noise
 from squeeze.objectives import TrainingBudget, decode, load_task, measure, train_teacher
-from squeeze.search import Point, Teacher, hypervolume, load_spec, pareto_front, references_beaten
-from squeeze.search._pareto import hypervolume_history
-from squeeze.search._api import _storing, prepare
-from squeeze.search._storage import engine_for, get_artifact
-from squeeze.search._study import (
-    connect,
-    enqueue_references,
-    ensure_teacher,
-    network_objective,
-    points,
-    run_worker,
+from squeeze.search import (
+    Point,
+    TrialAttr,
+    hypervolume,
+    hypervolume_history,
+    load_spec,
+    open_session,
+    pareto_front,
+    references_beaten,
     worker_seed,
 )
 from squeeze.search.samplers import AutoSampler, make_sampler
@@ -194,29 +192,18 @@ class Session:
                  trials: int, early_stop: bool = True, anchors: bool = True) -> None:
         self.path = write_study(args, name=name, sampler=sampler, seed=seed, references=references, trials=trials,
                                 early_stop=early_stop, anchors=anchors)
-        self.spec = load_spec(self.path)
-        self.data = prepare(self.spec)
-        self.ctx = connect(self.spec, create=True)
-        self.bundle = ensure_teacher(self.ctx, self.data)
-        self.teacher = Teacher(accuracy=self.bundle.accuracy, size_bytes=self.bundle.size_bytes,
-                               latency_ms=self.bundle.latency_ms)
-        self.space = JointSpace(get_family("cnn"), self.spec.task.model, self.spec.space, teacher=self.bundle.model)
-        enqueue_references(self.ctx, self.space)
-        self.objective = _storing(self.ctx, network_objective(self.ctx, data=self.data, teacher=self.bundle))
+        self.study = open_session(load_spec(self.path), create=True)
+        self.spec, self.data, self.space, self.bundle = self.study.spec, self.study.data, self.study.space, self.study.teacher
+        self.teacher = self.study.teacher_figures
 
     def run(self, *, trials: int | None = None, sampler: optuna.samplers.BaseSampler | None = None) -> None:
-        if trials is not None:
-            self.spec = load_spec(self.path, trials=trials)
-            self.ctx = connect(self.spec, create=False)
-        run_worker(self.ctx, self.objective, teacher=self.teacher, sampler=sampler, handle_signals=False)
+        self.study.work(trials=trials, sampler=sampler, handle_signals=False)
 
     def points(self) -> list[Point]:
-        study = optuna.load_study(study_name=self.spec.study.name, storage=self.spec.study.storage)
-        return points(study, teacher=self.teacher)
+        return self.study.points()
 
     def completed(self) -> int:
-        study = optuna.load_study(study_name=self.spec.study.name, storage=self.spec.study.storage)
-        return len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+        return len(self.points())
 
 
 def session(args: argparse.Namespace, method: str, seed: int) -> Session:
@@ -258,10 +245,10 @@ def uniform_grid(space: JointSpace, spec, trials: int) -> list[dict]:
 def run_grid(args: argparse.Namespace, seed: int) -> Session:
     probe = session(args, "grid", seed)
     grid = uniform_grid(probe.space, probe.spec, args.trials)
-    study = probe.ctx.study
+    study = probe.study.study
     if not study.user_attrs.get("grid_enqueued"):
         for params in grid:
-            study.enqueue_trial(params, user_attrs={"reference": "uniform grid"})
+            study.enqueue_trial(params, user_attrs={TrialAttr.REFERENCE: "uniform grid"})
         study.set_user_attr("grid_enqueued", True)
     probe.run(trials=len(grid))
     return probe
@@ -356,11 +343,12 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
             url = study_url(args, name)
             studies[method] = optuna.load_study(study_name=name, storage=url)
             done = studies[method].get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            keys[method] = {t.number: t.user_attrs["latency_key"] for t in done}
+            keys[method] = {t.number: t.user_attrs[TrialAttr.LATENCY_KEY] for t in done}
             for t in done:
-                networks.setdefault(t.user_attrs["latency_key"], (url, name, t.number))
-        modules = {key: decode(get_artifact(engine_for(url), name, number).data).module
-                   for key, (url, name, number) in networks.items()}
+                networks.setdefault(t.user_attrs[TrialAttr.LATENCY_KEY], (method, name, t.number))
+        sessions = {method: session(args, method, seed) for method in methods}
+        modules = {key: decode(sessions[method].study.artifact(number)).module
+                   for key, (method, name, number) in networks.items()}
         timings: dict[str, list[float]] = {key: [] for key in networks}
         for attempt in range(args.retime_passes):
             order = sorted(networks)
@@ -371,7 +359,7 @@ def retime(args: argparse.Namespace, seeds: list[int], methods: list[str], resul
                   flush=True)
         ratio = {key: statistics.median(t) for key, t in timings.items()}
         for method, study in studies.items():
-            own = points(study, teacher=base.teacher)
+            own = sessions[method].points()
             again = [dataclasses.replace(p, latency_ratio=ratio[keys[method][p.number]]) for p in own]
             drift = [abs(p.latency_ratio - q.latency_ratio) / q.latency_ratio for p, q in zip(own, again)]
             results[method][seed]["retimed"] = {

@@ -35,7 +35,7 @@ import torch
 
 from _retrain import Retrained, moved, own_seed
 from squeeze.search import Point, load_spec
-from squeeze.search._pareto import dominates
+from squeeze.search import dominates
 from squeeze.spaces import SqueezeError
 
 

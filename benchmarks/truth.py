@@ -33,7 +33,7 @@ from torch import nn
 
 from squeeze.objectives import load_artifact
 from squeeze.search import load_spec
-from squeeze.search._api import Target, export_front, run
+from squeeze.search import export_front, run
 
 SIZE_SLACK = 1.05
 ACCURACY_POINTS = 0.5
@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     run(spec, log=lambda line: print(f"# {line}", flush=True))
     search_s = time.perf_counter() - started
 
-    target = Target(spec.study.name, spec.study.storage, spec)
-    paths = export_front(target, work / "front")
+    paths = export_front(spec, out_dir=work / "front")
     study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     child_args = {"options": dict(spec.task.options), "seed": spec.study.seed, "holdout": spec.task.holdout,

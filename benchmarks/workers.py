@@ -85,13 +85,12 @@ def write_study(folder: Path, name: str, url: str, trials: int) -> Path:
 
 
 def scaling(url: str, folder: Path, workers: int, *, per_worker: int, sleep_s: float) -> dict[str, float]:
-    from squeeze.search import load_spec
-    from squeeze.search._study import connect
+    from squeeze.search import create, load_spec
 
     name = f"scale{workers}"
     budget = per_worker * workers
     path = write_study(folder, name, url, budget)
-    connect(load_spec(path), create=True)
+    create(load_spec(path))
     go = folder / f"{name}.go"
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "search" / "_cheap_worker.py"), str(path),
                                "--worker", str(i), "--sleep", str(sleep_s), "--go", str(go)], stdout=subprocess.DEVNULL)
@@ -113,15 +112,13 @@ def scaling(url: str, folder: Path, workers: int, *, per_worker: int, sleep_s: f
 
 
 def overhead_ours(url: str, folder: Path, trials: int) -> list[float]:
-    from squeeze.search import Teacher, load_spec
-    from squeeze.search._study import connect, run_worker
+    from squeeze.search import Teacher, load_spec, work_on
 
     spec = load_spec(write_study(folder, "overhead", url, trials))
-    ctx = connect(spec, create=True)
     marks = [time.perf_counter()]
     # A teacher makes the loop snapshot the front and its hypervolume, as a real study does.
     teacher = Teacher(accuracy=1.0, size_bytes=4000, latency_ms=1.0)
-    run_worker(ctx, cheap_objective(sleep_s=0.0), handle_signals=False, teacher=teacher,
+    work_on(spec, cheap_objective(sleep_s=0.0), create=True, handle_signals=False, teacher=teacher,
                on_trial=lambda counts, frozen: marks.append(time.perf_counter()))
     return marks
 

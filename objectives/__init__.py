@@ -4,7 +4,8 @@
 from . import _cifar, _digits, _idx, _imagefolder  # noqa: F401
 from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
-from ._evaluate import Judged, evaluate_plan, latency_key, size_lower_bound, teacher_artifact
+from ._evaluate import Judged, evaluate, latency_key, size_lower_bound, teacher_artifact
+from ._materialize import int8_engine
 from ._latency import RUNTIMES, Latency, LatencySpec, cpu_model, measure
 from ._ort import LoadedOnnx, OrtModel, decode_onnx, deploy, load_onnx
 from ._task_registry import TaskData, TaskLoader, list_tasks, load_task, register_task, task_loader, unregister_task
@@ -32,7 +33,8 @@ __all__ = [
     "decode_onnx",
     "deploy",
     "encode",
-    "evaluate_plan",
+    "evaluate",
+    "int8_engine",
     "latency_key",
     "size_lower_bound",
     "list_tasks",

@@ -24,18 +24,22 @@ TrainStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Batches = Callable[[], "Any"]
 """Returns an iterator of ``(x, y)`` training batches."""
 
-logging.getLogger("nni").setLevel(logging.ERROR)
+def _quiet_nni() -> None:
+    # NNI logs every pruner and quantizer step at INFO; quieted when first used, not when squeeze is imported.
+    logging.getLogger("nni").setLevel(logging.ERROR)
 
 
 def _nni_pruners() -> dict[str, Any]:
     from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner, TaylorPruner
 
+    _quiet_nni()
     return {"l1": L1NormPruner, "l2": L2NormPruner, "fpgm": FPGMPruner, "taylor": TaylorPruner}
 
 
 def _nni_quantizers() -> dict[str, Any]:
     from nni.compression.quantization import LsqQuantizer, PtqQuantizer, QATQuantizer
 
+    _quiet_nni()
     return {"qat": QATQuantizer, "ptq": PtqQuantizer, "lsq": LsqQuantizer}
 
 

@@ -54,22 +54,6 @@ class Judged:
     weights: Mapping[str, int] = field(default_factory=dict)
     """Weights each layer of ``plan.bits`` keeps in the artifact: what one bit more or less on a layer costs."""
 
-    def attrs(self) -> dict[str, Any]:
-        """Trial attributes: absolute figures, timings, devices and the artifact digest."""
-        return {
-            "device": self.device,
-            "latency_device": "cpu",
-            "plan": self.plan.to_dict(),
-            "accuracy": self.accuracy,
-            "size_bytes": self.size_bytes,
-            "latency": self.latency.attrs(),
-            "latency_key": self.latency_key,
-            "latency_reused": self.latency_reused,
-            "weights": dict(self.weights),
-            "artifact_sha256": self.sha256,
-            "timings_s": dict(self.timings),
-        }
-
 
 def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec, model: torch.fx.GraphModule | None = None) -> str:
     """A digest of everything a latency measurement depends on: the network that runs and how it is timed.
@@ -162,7 +146,7 @@ def _arch(plan: CompressionPlan, *, family: ModelFamily, options: Mapping[str, A
     )
 
 
-def evaluate_plan(
+def evaluate(
     plan: CompressionPlan,
     *,
     teacher: nn.Module,

@@ -8,8 +8,9 @@ the weight scales the NNI quantizer trained.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.fx.experimental.optimization as fx_opt
@@ -18,9 +19,24 @@ from torch.ao.quantization import QConfig, QConfigMapping
 from torch.ao.quantization.observer import MinMaxObserver, ObserverBase
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-from squeeze.spaces import runs_int8
+from squeeze.spaces import SqueezeError, runs_int8
 
 ENGINE = "x86"
+"""PyTorch's quantized engine the int8 modules are built for (x86: fbgemm and oneDNN kernels chosen per operator)."""
+
+
+@contextlib.contextmanager
+def int8_engine(name: str) -> Iterator[None]:
+    """Build int8 modules for PyTorch's quantized engine ``name`` inside the block (to compare engines)."""
+    global ENGINE
+    if name not in torch.backends.quantized.supported_engines:
+        raise SqueezeError(f"the quantized engine must be one of {torch.backends.quantized.supported_engines}, "
+                           f"but got {name!r}.")
+    before, ENGINE = ENGINE, name
+    try:
+        yield
+    finally:
+        ENGINE = before
 ACT_QMIN, ACT_QMAX = 0, 127
 """Activations are quint8 with a 7-bit range: x86's fbgemm kernels can overflow their 16-bit
 accumulators with the full range on CPUs without VNNI, and PyTorch's own x86 qconfig does the same."""

@@ -168,15 +168,26 @@ def _count(*_: Any) -> None:
         _budgets.left = left - 1
 
 
-# Registered once, for good: adding and removing global hooks around each build would change the
-# dicts that another thread's module construction may be iterating over at that moment.
-nn_module.register_module_module_registration_hook(_count)
-nn_module.register_module_parameter_registration_hook(_count)
+_installed = threading.Lock()
+_hooks: list[Any] = []
+
+
+def _install_counter() -> None:
+    """Register :func:`_count` with torch, once per process, on the first bounded build (not at import).
+
+    Registered for good: adding and removing global hooks around each build would change the dicts
+    that another thread's module construction may be iterating over at that moment.
+    """
+    with _installed:
+        if not _hooks:
+            _hooks.append(nn_module.register_module_module_registration_hook(_count))
+            _hooks.append(nn_module.register_module_parameter_registration_hook(_count))
 
 
 @contextlib.contextmanager
 def _budget(limit: int) -> Iterator[None]:
     """Stop a build in this thread once it registers more than ``limit`` modules and parameters."""
+    _install_counter()
     outer = getattr(_budgets, "left", None), getattr(_budgets, "limit", None)
     _budgets.left, _budgets.limit = limit, limit
     try:

@@ -17,6 +17,8 @@ from rich.table import Table
 
 from squeeze.spaces import SqueezeError
 
+from ._attrs import TrialAttr
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress neural networks by joint search over pruning, quantization and distillation.")
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -36,45 +38,17 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 
 
 
-def _target(study: str, storage: str | None, overrides: list[str] | None = None, trials: int | None = None,
-            data: str | None = None):
-    from . import _api
-
-    return _api.resolve(study, storage=storage, overrides=overrides or (), trials=trials, data=data)
-
-
-def _mask(text: str, url: str | None) -> str:
-    from . import _storage as st
-
-    return text.replace(url, st.safe_url(url)) if url else text
-
-
 @app.command()
 def run(study: StudyArg, trials: TrialsOpt = None, storage: StorageOpt = None, set_: SetOpt = None,
         data: DataOpt = None,
         workers: Annotated[int, typer.Option("--workers", min=1, help="Local worker processes.")] = 1) -> None:
     """Create or resume a study and run it until its budget of completed trials is met."""
-    from . import _api
-    from . import _storage as st
+    import squeeze.search as ss
 
-    target = _target(study, storage, set_, trials, data)
-    if target.spec is None:
-        raise SqueezeError(f"`squeeze run` needs a study file (*.toml), but got {study!r}.")
-    spec = target.spec
     if workers > 1:
-        if st.is_sqlite(spec.study.storage):
-            raise SqueezeError(
-                "several workers need a database server: SQLite allows one writer at a time, so use "
-                "`--storage postgresql+psycopg://...` (or $SQUEEZE_STORAGE) with --workers above 1."
-            )
-        from . import _study
-
-        _api.prepare(spec)  # bad input ends here, before the study is created
-        _study.connect(spec, create=True)
-        code = _api.run_local_workers(study, workers=workers, storage=storage, overrides=set_ or (),
-                                      trials=trials, data=data)
-        raise typer.Exit(code)
-    _work(spec, worker=0, create=True)
+        raise typer.Exit(ss.run_workers(study, workers=workers, storage=storage, overrides=set_ or (),
+                                        trials=trials, data=data))
+    _work(ss.run, study, worker=0, storage=storage, overrides=set_ or (), trials=trials, data=data)
 
 
 @app.command()
@@ -82,16 +56,21 @@ def worker(study: StudyArg, trials: TrialsOpt = None, storage: StorageOpt = None
            data: DataOpt = None,
            worker_id: Annotated[int, typer.Option("--worker-id", min=0, help="Seeds this worker's sampler.")] = 0) -> None:
     """Join an existing study from any machine and work on it until its budget is met."""
-    target = _target(study, storage, set_, trials, data)
-    if target.spec is None:
-        raise SqueezeError(f"`squeeze worker` needs the study file (*.toml), but got {study!r}.")
-    _work(target.spec, worker=worker_id, create=False)
+    import squeeze.search as ss
+
+    _work(ss.work, study, worker=worker_id, storage=storage, overrides=set_ or (), trials=trials, data=data)
 
 
-def _work(spec, *, worker: int, create: bool) -> None:
-    from . import _api
+def _work(verb, study: str, *, worker: int, storage: str | None, overrides: list[str], trials: int | None,
+          data: str | None) -> None:
+    """Run ``verb`` (``run`` or ``work``) with a progress bar that appears once the study has news."""
+    import squeeze.search as ss
     from . import _storage as st
 
+    spec = ss.load_spec(study, overrides=overrides, storage=st.resolve_url(storage) or None, trials=trials,
+                        data=data) if (study.endswith(".toml") or Path(study).is_file()) else None
+    if spec is None:
+        raise SqueezeError(f"`squeeze {'run' if verb is ss.run else 'worker'}` needs a study file (*.toml), but got {study!r}.")
     budget = spec.study.trials
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[last]}"), console=err, transient=False)
@@ -114,7 +93,7 @@ def _work(spec, *, worker: int, create: bool) -> None:
             acc, size, lat = frozen.values
             last = f"#{frozen.number}: acc {acc:.3f}  {size / 1024:.1f} KB  latency x{lat:.2f}"
         elif frozen is not None:
-            last = f"#{frozen.number}: failed ({str(frozen.user_attrs.get('error', ''))[:60]})"
+            last = f"#{frozen.number}: failed ({str(frozen.user_attrs.get(TrialAttr.ERROR, ''))[:60]})"
         bar.update(task, completed=counts["COMPLETE"], last=last)
 
     def log(message: str) -> None:
@@ -122,7 +101,7 @@ def _work(spec, *, worker: int, create: bool) -> None:
         bar.console.print(message, highlight=False)
 
     try:
-        report = _api.run(spec, worker=worker, create=create, log=log, on_trial=on_trial)
+        report = verb(spec, worker=worker, log=log, on_trial=on_trial)
         show()
         bar.update(task, completed=report.budget_completed)
     finally:
@@ -137,9 +116,9 @@ def _work(spec, *, worker: int, create: bool) -> None:
 @app.command()
 def status(study: StudyArg, storage: StorageOpt = None) -> None:
     """Trials by state, live workers, retries, front size and hypervolume."""
-    from . import _api
+    import squeeze.search as ss
 
-    s = _api.status(_target(study, storage))
+    s = ss.status(study, storage=storage)
     table = Table(title=f"study {s.name}  ({s.url})")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -178,9 +157,9 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
 def pareto(study: StudyArg, storage: StorageOpt = None,
            all_: Annotated[bool, typer.Option("--all", help="Show every completed trial, marking the front.")] = False) -> None:
     """Print the Pareto front: accuracy, size, latency, mean bits and sparsity, student."""
-    from . import _api
+    import squeeze.search as ss
 
-    data = _api.front(_target(study, storage))
+    data = ss.front(study, storage=storage)
     front_numbers = {p.number for p in data.front}
     rows = sorted(data.points, key=lambda p: p.size_bytes) if all_ else data.front
     t = data.teacher
@@ -207,9 +186,9 @@ def pareto(study: StudyArg, storage: StorageOpt = None,
 def plot(study: StudyArg, storage: StorageOpt = None,
          out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder for the figures.")] = Path("studies/plots")) -> None:
     """Draw the pairwise projections, a 3-D view and hypervolume over trials (PNG and SVG)."""
-    from . import _api
+    import squeeze.search as ss
 
-    for path in _api.plot(_target(study, storage), out_dir):
+    for path in ss.plot(study, out_dir, storage=storage):
         out.print(str(path), highlight=False)
 
 
@@ -219,14 +198,14 @@ def export(study: StudyArg, storage: StorageOpt = None,
            front_: Annotated[bool, typer.Option("--front", help="Export every front member.")] = False,
            output: Annotated[Optional[Path], typer.Option("-o", "--output", help="A file (--trial) or a folder (--front).")] = None) -> None:
     """Write deployable artifacts: one trial to a file, or the whole front to a folder."""
-    from . import _api
+    import squeeze.search as ss
 
     if (trial is None) == (not front_):
         raise SqueezeError("`squeeze export` takes exactly one of --trial N or --front.")
     if output is None:
         raise SqueezeError("`squeeze export` needs -o: a file for --trial, a folder for --front.")
-    target = _target(study, storage)
-    paths = [_api.export_trial(target, trial, output)] if trial is not None else _api.export_front(target, output)
+    paths = ([ss.export(study, trial=trial, out=output, storage=storage)] if trial is not None
+             else ss.export_front(study, out_dir=output, storage=storage))
     for path in paths:
         out.print(str(path), highlight=False)
 
@@ -234,16 +213,15 @@ def export(study: StudyArg, storage: StorageOpt = None,
 @app.command()
 def studies(storage: StorageOpt = None) -> None:
     """List the studies in a storage."""
-    from . import _api
+    import squeeze.search as ss
     from . import _storage as st
-    from ._spec import DEFAULT_STORAGE
 
-    url = st.resolve_url(storage) or DEFAULT_STORAGE
+    url = st.resolve_url(storage) or ss.DEFAULT_STORAGE
     table = Table(title=f"studies in {st.safe_url(url)}")
     table.add_column("study")
     table.add_column("completed", justify="right")
     table.add_column("trials", justify="right")
-    for name, done, total in _api.list_studies(url):
+    for name, done, total in ss.list_studies(url):
         table.add_row(name, str(done), str(total))
     out.print(table)
 
@@ -254,7 +232,7 @@ def list_() -> None:
     from squeeze.objectives import PRUNERS, QUANTIZERS, list_tasks
     from squeeze.spaces import list_families
 
-    from ._spec import SAMPLERS
+    from squeeze.search import SAMPLERS
 
     for title, names in (("tasks", list_tasks()), ("families", list_families()), ("pruners", PRUNERS),
                          ("quantizers", QUANTIZERS), ("samplers", SAMPLERS)):
@@ -263,6 +241,10 @@ def list_() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    import optuna
+
+    # The command line shows its own progress; Optuna's per-trial INFO lines would interleave with it.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:

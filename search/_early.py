@@ -36,6 +36,7 @@ from squeeze.objectives import TaskData, accuracy, size_lower_bound
 from squeeze.spaces import CompressionPlan, ModelFamily
 
 from ._spec import StudySpec
+from ._attrs import TrialAttr
 
 SAMPLE = 1024
 """Training samples the distilled student is scored on."""
@@ -80,9 +81,9 @@ class EarlyStop:
         self.stopped += 1
         spent = time.perf_counter() - started
         saved = max(0.0, statistics.median(self._durations) - spent) if self._durations else None
-        attrs = {"stopped_early": reason, "stopped_after_s": round(spent, 3), **figures}
+        attrs = {TrialAttr.STOPPED_EARLY: reason, TrialAttr.STOPPED_AFTER_S: round(spent, 3), **figures}
         if saved is not None:
-            attrs["saved_s"] = round(saved, 3)
+            attrs[TrialAttr.SAVED_S] = round(saved, 3)
         return StoppedEarly(reason, attrs, constraints)
 
     def before_training(self, plan: CompressionPlan, *, started: float) -> None:

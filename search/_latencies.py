@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from squeeze.objectives import Latency
+from ._attrs import TrialAttr
 
 
 class LatencyBook:
@@ -28,8 +29,8 @@ class LatencyBook:
         if key not in self._known:
             for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 attrs = trial.user_attrs
-                if attrs.get("latency_key") == key and isinstance(attrs.get("latency"), dict):
-                    self._known[key] = (trial.number, Latency(**attrs["latency"]))
+                if attrs.get(TrialAttr.LATENCY_KEY) == key and isinstance(attrs.get(TrialAttr.LATENCY), dict):
+                    self._known[key] = (trial.number, Latency(**attrs[TrialAttr.LATENCY]))
                     break
         found = self._known.get(key)
         return found[1] if found else None

@@ -117,13 +117,14 @@ def _objectives(point: Point) -> tuple[float, float, float]:
     return (-point.accuracy, float(point.size_bytes), point.latency_ratio)
 
 
-def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+def dominates_values(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether the minimised values ``a`` are nowhere worse than ``b`` and better somewhere."""
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
 def dominates(a: Point, b: Point) -> bool:
     """Whether ``a`` is at least as good as ``b`` in all three objectives and better in one."""
-    return _dominates(_objectives(a), _objectives(b))
+    return dominates_values(_objectives(a), _objectives(b))
 
 
 def pareto_front(points: Sequence[Point], *, feasible_only: bool = True) -> list[Point]:
@@ -140,7 +141,7 @@ def pareto_front(points: Sequence[Point], *, feasible_only: bool = True) -> list
     front = [
         p
         for p, v in zip(pool, values)
-        if not any(_dominates(other, v) for other in values)
+        if not any(dominates_values(other, v) for other in values)
     ]
     return sorted(front, key=lambda p: (p.size_bytes, -p.accuracy, p.latency_ratio, p.number))
 

@@ -46,9 +46,10 @@ from squeeze.spaces import SqueezeError
 
 from . import _storage as st
 from ._batched import BatchedStorage
+from ._attrs import TrialAttr
 
 if TYPE_CHECKING:
-    from ._study import Context
+    from ._context import Context
 
 MAX_FAILURES_IN_A_ROW = 10
 """A worker whose trials fail this many times in a row stops: the objective, not a plan, is broken."""
@@ -117,7 +118,7 @@ def fail_stale_trials(ctx: Context, study: optuna.Study) -> list[int]:
     for trial_id, number in st.stale_trials(ctx.engine, study._study_id, grace_s=grace):
         try:
             storage.set_trial_user_attr(
-                trial_id, "error", f"its worker stopped heart-beating for over {grace} s (killed or cut off)"
+                trial_id, TrialAttr.ERROR, f"its worker stopped heart-beating for over {grace} s (killed or cut off)"
             )
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
@@ -196,7 +197,7 @@ class _Heartbeat:
             pass
 
 
-def work(
+def work_loop(
     ctx: Context,
     objective: Objective,
     *,
@@ -265,7 +266,7 @@ def work(
                 if on_trial:
                     on_trial(state_counts(ctx), frozen)
                 if in_a_row >= MAX_FAILURES_IN_A_ROW and not flags.stop:
-                    error = frozen.user_attrs.get("error", "?")
+                    error = frozen.user_attrs.get(TrialAttr.ERROR, "?")
                     raise SqueezeError(
                         f"{in_a_row} trials in a row failed in this worker (the last: {error}); "
                         f"fix the objective and run the same command again to resume study {name!r}."
@@ -273,7 +274,7 @@ def work(
                 if stopped_in_a_row >= MAX_STOPPED_IN_A_ROW and not flags.stop:
                     raise SqueezeError(
                         f"{stopped_in_a_row} trials in a row stopped early in this worker (the last: "
-                        f"{frozen.user_attrs.get('stopped_early', '?')}): the study's budgets leave almost nothing "
+                        f"{frozen.user_attrs.get(TrialAttr.STOPPED_EARLY, '?')}): the study's budgets leave almost nothing "
                         f"of its space; relax `objectives.max_size_kb` or `objectives.min_accuracy`, or widen `[space]`."
                     )
     finally:
@@ -318,13 +319,13 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, fla
         error = f"interrupted ({exc}): the worker was stopped during the trial"
     except optuna.TrialPruned as exc:
         # Stopped early: it could not meet a budget (see ``_early.py``); recorded PRUNED, with why.
-        stopped = {"stopped_early": str(exc) or "stopped", **getattr(exc, "attrs", {})}
+        stopped = {TrialAttr.STOPPED_EARLY: str(exc) or "stopped", **getattr(exc, "attrs", {})}
     except Exception as exc:  # noqa: BLE001 - a failing trial fails alone; the study goes on
         error = f"{type(exc).__name__}: {exc}"[:2000]
     try:
-        for key, value in (stopped or attrs if error is None else {"error": error}).items():
+        for key, value in (stopped or attrs if error is None else {TrialAttr.ERROR: error}).items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("trial_s", round(time.perf_counter() - started, 3))
+        trial.set_user_attr(TrialAttr.TRIAL_S, round(time.perf_counter() - started, 3))
         if stopped is not None:
             frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         elif error is None:

@@ -55,11 +55,12 @@ from optuna.distributions import BaseDistribution
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .._pareto import Point, Teacher, _dominates, contributions
+from .._pareto import Point, Teacher, dominates_values, contributions
 from ._effects import latency_effects, predicted, step_effects
 from ._moves import Move, bit_trades, bits_saved, end_trades, key, one_steps, shrinking
 from ._optuna import nsga2, startup_trials, tpe
 from ._timed import TimedSampler
+from .._attrs import StudyAttr, TrialAttr
 
 
 def _parent_weights(study: Study, front: Sequence[FrozenTrial], tries: Counter) -> list[float] | None:
@@ -70,9 +71,9 @@ def _parent_weights(study: Study, front: Sequence[FrozenTrial], tries: Counter) 
     over one plus the moves it has had. Elsewhere there is no such measure, and points are drawn alike.
     """
     attrs = study.user_attrs
-    if attrs.get("objectives") != ["accuracy", "size_bytes", "latency_ratio"] or not attrs.get("teacher_bytes"):
+    if attrs.get(StudyAttr.OBJECTIVES) != ["accuracy", "size_bytes", "latency_ratio"] or not attrs.get(StudyAttr.TEACHER_BYTES):
         return None
-    teacher = Teacher(accuracy=attrs.get("teacher_accuracy", 1.0), size_bytes=attrs["teacher_bytes"])
+    teacher = Teacher(accuracy=attrs.get(StudyAttr.TEACHER_ACCURACY, 1.0), size_bytes=attrs[StudyAttr.TEACHER_BYTES])
     points = [Point(number=t.number, accuracy=t.values[0], size_bytes=int(t.values[1]), latency_ratio=t.values[2])
               for t in front]
     weights = [share / (1 + tries[t.number]) for t, share in zip(front, contributions(points, teacher=teacher))]
@@ -89,7 +90,7 @@ def _beaten(reference: FrozenTrial, trials: Sequence[FrozenTrial], directions: S
         return tuple(-v if d == StudyDirection.MAXIMIZE else v for d, v in zip(directions, t.values))
 
     mine = minimised(reference)
-    return any(_dominates(minimised(t), mine) for t in trials if _feasible(t) and t.number != reference.number)
+    return any(dominates_values(minimised(t), mine) for t in trials if _feasible(t) and t.number != reference.number)
 
 
 class AutoSampler(TimedSampler):
@@ -153,15 +154,15 @@ class AutoSampler(TimedSampler):
             # A reference's budget counts its own turns' moves, not the front moves that drew it as a
             # parent (the most accurate reference holds much of the front and is drawn often).
             # A move recorded before moves had kinds counts as the reference's.
-            refined = Counter(t.user_attrs.get("local_from") for t in trials
-                              if t.user_attrs.get("local_kind", "reference") == "reference")
+            refined = Counter(t.user_attrs.get(TrialAttr.LOCAL_FROM) for t in trials
+                              if t.user_attrs.get(TrialAttr.LOCAL_KIND, "reference") == "reference")
             refined.update(move.parent for move in self._moves.values() if move.kind == "reference")
             # Every feasible reference, on the front or not: one beaten only on the study's one
             # training draw is not beaten.
-            references = [t for t in trials if _feasible(t) and "reference" in t.user_attrs and set(space) <= set(t.params)]
+            references = [t for t in trials if _feasible(t) and TrialAttr.REFERENCE in t.user_attrs and set(space) <= set(t.params)]
             move = self._refine_reference(study, trials, references, space, tried, refined)
             return None if move is None else replace(move, kind="reference")
-        tries = Counter(t.user_attrs.get("local_from") for t in trials)
+        tries = Counter(t.user_attrs.get(TrialAttr.LOCAL_FROM) for t in trials)
         tries.update(move.parent for move in self._moves.values())
         pool = list(zip(front, _parent_weights(study, front, tries) or [1.0] * len(front)))
         while pool:
@@ -204,7 +205,7 @@ class AutoSampler(TimedSampler):
                      if key(m.params) not in tried and hopeful(m)]
             if fresh:
                 self._rng.shuffle(fresh)
-                weights = parent.user_attrs.get("weights")
+                weights = parent.user_attrs.get(TrialAttr.WEIGHTS)
                 weights = weights if isinstance(weights, Mapping) else {}
                 return max(fresh, key=lambda m: (m.same_network, round(predicted(m, effects), 6), len(m.steps),
                                                  bits_saved(m, weights)))
@@ -213,10 +214,10 @@ class AutoSampler(TimedSampler):
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         move = self._moves.pop(trial._trial_id, None)
         if move is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, "local_from", move.parent)
-            study._storage.set_trial_user_attr(trial._trial_id, "local_steps", [list(step) for step in move.steps])
-            study._storage.set_trial_user_attr(trial._trial_id, "local_move", move.label)
-            study._storage.set_trial_user_attr(trial._trial_id, "local_kind", move.kind)
+            study._storage.set_trial_user_attr(trial._trial_id, TrialAttr.LOCAL_FROM, move.parent)
+            study._storage.set_trial_user_attr(trial._trial_id, TrialAttr.LOCAL_STEPS, [list(step) for step in move.steps])
+            study._storage.set_trial_user_attr(trial._trial_id, TrialAttr.LOCAL_MOVE, move.label)
+            study._storage.set_trial_user_attr(trial._trial_id, TrialAttr.LOCAL_KIND, move.kind)
         super().after_trial(study, trial, state, values)
 
     def _observe(self, study: Study, trial: FrozenTrial, spent: float) -> None:

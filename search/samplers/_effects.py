@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from optuna.trial import FrozenTrial, TrialState
 
 from ._moves import Move, Step, shrinks
+from .._attrs import TrialAttr
 
 
 def step_effects(trials: Sequence[FrozenTrial], *, objective: int) -> dict[Step, float]:
@@ -39,8 +40,8 @@ def step_effects(trials: Sequence[FrozenTrial], *, objective: int) -> dict[Step,
     by_number = {t.number: t for t in trials}
     seen: dict[Step, list[float]] = defaultdict(list)
     for t in trials:
-        steps = [tuple(step) for step in t.user_attrs.get("local_steps") or ()]
-        parent = by_number.get(t.user_attrs.get("local_from"))
+        steps = [tuple(step) for step in t.user_attrs.get(TrialAttr.LOCAL_STEPS) or ()]
+        parent = by_number.get(t.user_attrs.get(TrialAttr.LOCAL_FROM))
         if not steps or parent is None or parent.values is None:
             continue
         if t.state == TrialState.COMPLETE:
@@ -64,8 +65,8 @@ def latency_effects(trials: Sequence[FrozenTrial], *, objective: int) -> dict[St
     by_number = {t.number: t for t in trials}
     seen: dict[Step, list[float]] = defaultdict(list)
     for t in trials:
-        steps = t.user_attrs.get("local_steps") or ()
-        parent = by_number.get(t.user_attrs.get("local_from"))
+        steps = t.user_attrs.get(TrialAttr.LOCAL_STEPS) or ()
+        parent = by_number.get(t.user_attrs.get(TrialAttr.LOCAL_FROM))
         if len(steps) != 1 or t.state != TrialState.COMPLETE or parent is None or parent.values is None:
             continue
         seen[tuple(steps[0])].append(t.values[objective] - parent.values[objective])

@@ -34,6 +34,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial
 
 from squeeze.spaces import runs_int8
+from .._attrs import TrialAttr
 
 Step = tuple[str, Any, Any]
 """(parameter, from, to)."""
@@ -137,7 +138,7 @@ def bit_trades(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> li
     Both layers stay at 8 bits or fewer, so the moved plan runs the parent's network. Needs the
     parent's ``weights`` attribute (weights per layer); without it there are none.
     """
-    weights = parent.user_attrs.get("weights")
+    weights = parent.user_attrs.get(TrialAttr.WEIGHTS)
     params = parent.params
     if not isinstance(weights, Mapping) or not _bits_moved(params):
         return []
@@ -164,7 +165,7 @@ def end_trades(space: Mapping[str, BaseDistribution], parent: FrozenTrial) -> li
     8 bits or fewer (a single trade covers that case). Why: keeping the ends precise is the oldest
     rule of mixed precision; see ``benchmarks/sampler_evidence.md`` for what it won.
     """
-    weights = parent.user_attrs.get("weights")
+    weights = parent.user_attrs.get(TrialAttr.WEIGHTS)
     params = parent.params
     if not isinstance(weights, Mapping) or not _bits_moved(params):
         return []

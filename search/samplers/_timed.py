@@ -17,6 +17,8 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from .._attrs import TrialAttr
+
 
 class TimedSampler(BaseSampler):
     """Delegates to ``inner`` and records its time per trial as ``sampler_ms``, and ``name`` as ``sampler``.
@@ -64,8 +66,8 @@ class TimedSampler(BaseSampler):
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self.current.after_trial(study, trial, state, values)
         spent = self._spent.pop(trial._trial_id, 0.0)
-        study._storage.set_trial_user_attr(trial._trial_id, "sampler_ms", round(spent * 1000, 3))
-        study._storage.set_trial_user_attr(trial._trial_id, "sampler", self.current_name)
+        study._storage.set_trial_user_attr(trial._trial_id, TrialAttr.SAMPLER_MS, round(spent * 1000, 3))
+        study._storage.set_trial_user_attr(trial._trial_id, TrialAttr.SAMPLER, self.current_name)
         self._observe(study, trial, spent)
 
     def _observe(self, study: Study, trial: FrozenTrial, spent: float) -> None:

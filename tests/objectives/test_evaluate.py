@@ -13,7 +13,7 @@ from squeeze.objectives import (
     TrainingBudget,
     accuracy,
     decode,
-    evaluate_plan,
+    evaluate,
     latency_key,
     load_task,
     size_lower_bound,
@@ -39,7 +39,7 @@ def setup():
 
 def _judge(setup, plan, compress=CompressSpec(), known_latency=None):
     data, family, options, teacher, deployed = setup
-    return evaluate_plan(plan, teacher=teacher, teacher_deployed=deployed, family=family, options=options, data=data,
+    return evaluate(plan, teacher=teacher, teacher_deployed=deployed, family=family, options=options, data=data,
                          budget=BUDGET, compress=compress, latency=LATENCY, seed=3, known_latency=known_latency)
 
 
@@ -101,7 +101,7 @@ def test_low_bit_plan_is_smaller_and_measured_on_the_artifact(setup) -> None:
                    known_latency=lambda key: asked.append(key) or eight.latency)
     assert asked == [eight.latency_key] and again.latency == eight.latency and again.latency_reused
     assert decode(again.artifact).card["latency_ratio"] == eight.latency.ratio
-    assert again.attrs()["latency_reused"] is True and again.attrs()["latency_key"] == eight.latency_key
+    assert again.latency_reused is True and again.latency_key == eight.latency_key
 
 
 def test_channel_rounding(setup) -> None:

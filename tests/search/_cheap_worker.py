@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from squeeze.search import load_spec
-    from squeeze.search._study import connect, ensure_teacher, run_worker
+    from squeeze.search._context import connect
+    from squeeze.search._session import run_worker
+    from squeeze.search._teacher import ensure_teacher
     from squeeze.spaces import SqueezeError
 
     try:

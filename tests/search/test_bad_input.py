@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from squeeze.objectives import load_artifact
-from squeeze.search import _api, _storage, load_spec
+import squeeze.search as ss
+from squeeze.search import _storage, load_spec
 from squeeze.search._cli import main
 from squeeze.spaces import SqueezeError
 
@@ -40,7 +41,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     url = f"sqlite:///{folder / 'seeded.db'}"
     path = folder / "seeded.toml"
     path.write_text(TINY_STUDY.format(name="seeded", storage=url, trials=1, references="false"), encoding="utf-8")
-    _api.run(load_spec(path))
+    ss.run(load_spec(path))
     study = optuna.load_study(study_name="seeded", storage=url)
     failed = study.ask()
     failed.set_user_attr("error", "RuntimeError: made to fail for the export case")

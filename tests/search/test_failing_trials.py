@@ -16,8 +16,12 @@ import torch
 from optuna.trial import TrialState
 
 from squeeze.objectives import decode
-from squeeze.search import _api, load_spec
-from squeeze.search._study import connect, ensure_teacher, network_objective, run_worker
+import squeeze.search as ss
+from squeeze.search import TrialAttr, _storage, load_spec
+from squeeze.search._context import connect
+from squeeze.search._objective import network_objective
+from squeeze.search._session import run_worker
+from squeeze.search._teacher import ensure_teacher
 from squeeze.spaces import CompressionPlan, SpaceSpec, SparsityRange, SqueezeError
 
 STUDY = """
@@ -46,7 +50,7 @@ def test_one_failing_trial_in_a_few_costs_that_trial_and_the_budget_is_met(tiny_
     path.write_text(text, encoding="utf-8")
     spec = load_spec(path)
 
-    data = _api.prepare(spec)
+    data = ss.prepare(spec)
     ctx = connect(spec, create=True)
     teacher = ensure_teacher(ctx, data)
     good = network_objective(ctx, data=data, teacher=teacher)
@@ -65,14 +69,11 @@ def test_one_failing_trial_in_a_few_costs_that_trial_and_the_budget_is_met(tiny_
         # No distillation or fine-tuning, L1 masks (no training): NNI's QAT quantizer raises on the NaN loss.
         5: variant(math.nan, training={"distill_steps": 0, "finetune_steps": 0}),
     }
-    artifacts: dict[int, bytes] = {}
 
     def objective(trial):
         if trial.number == 6:
             raise MemoryError("cannot allocate 17179869184 bytes for the student")
-        values, attrs = failing.get(trial.number, good)(trial)
-        artifacts[trial.number] = attrs.pop("_artifact")
-        return values, attrs
+        return failing.get(trial.number, good)(trial)
 
     report = run_worker(ctx, objective, handle_signals=False)
 
@@ -88,7 +89,7 @@ def test_one_failing_trial_in_a_few_costs_that_trial_and_the_budget_is_met(tiny_
         6: r"^MemoryError: cannot allocate",
     }
     for number, pattern in expected.items():
-        error = trials[number].user_attrs.get("error", "")
+        error = trials[number].user_attrs.get(TrialAttr.ERROR, "")
         assert re.search(pattern, error), (number, error)
         assert trials[number].values is None
 
@@ -96,7 +97,7 @@ def test_one_failing_trial_in_a_few_costs_that_trial_and_the_budget_is_met(tiny_
     for number in (0, 2, 4, 7):
         t = trials[number]
         assert all(math.isfinite(v) for v in t.values)
-        loaded = decode(artifacts[number])
+        loaded = decode(_storage.get_artifact(ctx.engine, "flaky", number).data)
         assert loaded.plan.sparsity and all(s == 0.99 for s in loaded.plan.sparsity.values())
         assert loaded.arch.channels and min(loaded.arch.channels.values()) >= 1
         out = loaded.module(data.x_holdout[:2])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from squeeze.search import _api, _storage, load_spec
+import squeeze.search as ss
+from squeeze.search import _storage, load_spec
 from squeeze.search._cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def pg_study(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = folder / "study.toml"
     path.write_text(TINY_STUDY.format(name=name, storage=f"sqlite:///{elsewhere}", trials=1, references="false"),
                     encoding="utf-8")
-    _api.run(load_spec(path, storage=url))  # one trial; the CLI runs a second below
+    ss.run(load_spec(path, storage=url))  # one trial; the CLI runs a second below
     return {"url": url, "name": name, "path": path, "folder": folder, "elsewhere": elsewhere}
 
 

@@ -11,14 +11,16 @@ from optuna.trial import TrialState
 
 from squeeze.objectives import decode
 from squeeze.search import load_spec
-from squeeze.search import _api, _storage
+import squeeze.search as ss
+from squeeze.search import _context, _teacher
+from squeeze.search import _storage
 
 
 def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
     path = tiny_study(trials=4, references=True)
     spec = load_spec(path)
     messages: list[str] = []
-    report = _api.run(spec, log=messages.append)
+    report = ss.run(spec, log=messages.append)
     assert report.budget_completed == 4
     assert any("training the teacher" in m for m in messages)
 
@@ -42,7 +44,7 @@ def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
         assert four.user_attrs["latency_key"] == eight.user_attrs["latency_key"]
         assert four.values[2] == eight.values[2] and four.values[1] < eight.values[1]
     assert len({t.user_attrs["latency_key"] for t, _ in twins}) == len(twins)
-    shown = _api.status(_api.resolve(str(path)))
+    shown = ss.status(str(path))
     reused = sum(1 for t in complete if t.user_attrs["latency_reused"])
     assert reused >= len(twins) and (shown.latency_timed, shown.latency_reused) == (len(complete) - reused, reused)
 
@@ -59,14 +61,14 @@ def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
         assert loaded.card["accuracy"] == acc
         assert ratio > 0 and t.user_attrs["latency"]["threads"] == 1
 
-    data = _api.front(_api.resolve(str(path)))
+    data = ss.front(str(path))
     assert 1 <= len(data.front) <= 4
     assert _storage.snapshots(engine, "tiny"), "a Pareto snapshot is written every snapshot_every trials"
 
     # Resuming with a larger budget: the teacher is not trained again and old trials stay.
     messages.clear()
     spec2 = load_spec(path, trials=5)
-    report = _api.run(spec2, log=messages.append)
+    report = ss.run(spec2, log=messages.append)
     assert report.budget_completed == 5
     assert not any("training the teacher" in m for m in messages)
     again = optuna.load_study(study_name="tiny", storage=spec.study.storage)
@@ -80,8 +82,8 @@ def test_size_budget_makes_the_front_feasible(tiny_study) -> None:
     path = tiny_study(name="budget", trials=4, references=True, extra="\n[objectives]\nmax_size_kb = 1.5\n")
     path.write_text(path.read_text().replace("[study]\n", "[study]\nearly_stop = false\n", 1))
     spec = load_spec(path)
-    _api.run(spec)
-    data = _api.front(_api.resolve(str(path)))
+    ss.run(spec)
+    data = ss.front(str(path))
     study = optuna.load_study(study_name="budget", storage=spec.study.storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert any(t.values[1] > 1.5 * 1024 for t in complete), f"{[t.values[1] for t in complete]}: the budget should bind for this test to mean anything"
@@ -93,7 +95,7 @@ def test_size_budget_makes_the_front_feasible(tiny_study) -> None:
 def test_plans_that_cannot_meet_the_size_budget_stop_before_training(tiny_study) -> None:
     path = tiny_study(name="early", trials=6, references=True, extra="\n[objectives]\nmax_size_kb = 1.5\n")
     spec = load_spec(path)
-    report = _api.run(spec)
+    report = ss.run(spec)
     assert report.budget_completed == 6
     study = optuna.load_study(study_name="early", storage=spec.study.storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -111,7 +113,7 @@ def test_plans_that_cannot_meet_the_size_budget_stop_before_training(tiny_study)
     assert all(t.user_attrs["trial_s"] < median_full for t in stopped)
     after_first = [t for t in stopped if t.number > min(c.number for c in complete)]
     assert all(t.user_attrs["saved_s"] > 0 for t in after_first)
-    status = _api.status(_api.resolve(str(path)))
+    status = ss.status(str(path))
     assert status.stopped_early == len(stopped) and status.counts["PRUNED"] == len(stopped)
 
 
@@ -151,34 +153,32 @@ def test_a_student_far_below_min_accuracy_after_distillation_stops_there(tiny_st
 
 
 def test_the_same_study_file_trains_the_same_teacher_in_a_fresh_database(tiny_study, tmp_path) -> None:
-    from squeeze.search import _study
 
     teachers = []
     for i in range(2):
         path = tiny_study(name="again", storage=f"sqlite:///{tmp_path / f'fresh{i}.db'}")
         spec = load_spec(path)
-        data = _api.prepare(spec)
+        data = ss.prepare(spec)
         # Whatever the process drew before must not reach the teacher's first weights.
         torch.rand(i + 1)
-        teachers.append(_study.ensure_teacher(_study.connect(spec, create=True), data).model.state_dict())
+        teachers.append(_teacher.ensure_teacher(_context.connect(spec, create=True), data).model.state_dict())
     assert teachers[0].keys() == teachers[1].keys()
     assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])
 
 
 def test_an_interrupted_teacher_training_releases_its_claim(tiny_study, monkeypatch) -> None:
-    from squeeze.search import _study
 
     path = tiny_study(name="released")
     spec = load_spec(path)
-    data = _api.prepare(spec)
-    ctx = _study.connect(spec, create=True)
+    data = ss.prepare(spec)
+    ctx = _context.connect(spec, create=True)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_study, "train_teacher", interrupted)
+    monkeypatch.setattr(_teacher, "train_teacher", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        _study.ensure_teacher(ctx, data)
+        _teacher.ensure_teacher(ctx, data)
     # No claim is left behind, so another worker claims it at once (no wait for the grace period).
     assert _storage.get_teacher(ctx.engine, "released") is None
     assert _storage.claim_teacher(ctx.engine, "released", "another-worker", stale_after_s=3600) is None
@@ -257,7 +257,8 @@ def test_anchors_in_a_sparsity_range_take_its_low_end_and_its_middle(tiny_study)
 
 def test_an_auto_study_opens_with_references_then_anchors(tiny_study) -> None:
     from squeeze.search.samplers import startup_trials
-    from squeeze.search._study import connect, enqueue_references
+    from squeeze.search._context import connect
+    from squeeze.search._session import enqueue_references
 
     path = tiny_study(name="opening", trials=40, references=True)
     path.write_text(path.read_text().replace('sampler = "random"', 'sampler = "auto"'))
@@ -285,11 +286,11 @@ def test_a_plan_drawn_twice_in_a_study_scores_the_same(tiny_study) -> None:
     path = tiny_study(name="twice", trials=2)
     path.write_text(path.read_text().replace("[study]\n", "[study]\nearly_stop = false\n", 1))
     spec = load_spec(path)
-    ctx = _api.connect(spec, create=True)
+    ctx = _context.connect(spec, create=True)
     params = _space(spec).uniform_params(sparsity=0.5, bits=4, width=0.5)
     ctx.study.enqueue_trial(params)
     ctx.study.enqueue_trial(params)
-    _api.run(spec)
+    ss.run(spec)
     study = optuna.load_study(study_name="twice", storage=spec.study.storage)
     first, second = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     assert first.params == second.params

@@ -74,7 +74,7 @@ def test_each_study_file_passes_the_checks_before_a_run_on_data_in_its_layout(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What ``squeeze run`` checks before writing anything: the data reads, the teacher builds and runs on it."""
-    from squeeze.search._api import prepare
+    from squeeze.search import prepare
 
     monkeypatch.chdir(REPO)
     accept_generated_cifar(monkeypatch)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from _user_models import make_net
 from squeeze.objectives import load_artifact
-from squeeze.search import _api
+import squeeze.search as ss
 from squeeze.search._cli import main
 from squeeze.search._spec import load_spec
 from squeeze.spaces import SqueezeError
@@ -59,15 +59,15 @@ def test_a_user_family_study_decodes_and_exports_through_its_study_file(tmp_path
     url = f"sqlite:///{tmp_path / 'mine.db'}"
     path = tmp_path / "mine.toml"
     path.write_text(STUDY.format(storage=url), encoding="utf-8")
-    _api.run(load_spec(path))  # the teacher's artifact is decoded through the study file's family, twice
+    ss.run(load_spec(path))  # the teacher's artifact is decoded through the study file's family, twice
     logged: list[str] = []
-    _api.run(load_spec(path), log=logged.append)  # and the stored one again, when a run resumes
+    ss.run(load_spec(path), log=logged.append)  # and the stored one again, when a run resumes
     assert "loading the stored teacher" in logged
     number = optuna.load_study(study_name="mine", storage=url).get_trials(states=(TrialState.COMPLETE,))[0].number
 
     out = tmp_path / "trial.squeeze"
     with pytest.raises(SqueezeError, match=r"names the user family '_user_models:make_net'.*give the study file") as info:
-        _api.export_trial(_api.resolve("mine", storage=url), number, out)
+        ss.export("mine", trial=number, out=out, storage=url)
     assert f"trial {number} of study 'mine'" in str(info.value) and "\n" not in str(info.value)
     capfd.readouterr()
     assert main(["export", "mine", "--storage", url, "--trial", str(number), "-o", str(out)]) != 0

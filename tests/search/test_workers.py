@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from squeeze.search import _api
+import squeeze.search as ss
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -41,7 +41,7 @@ def _forks() -> multiprocessing.context.BaseContext:
     global _FORKS
     if _FORKS is None:
         _FORKS = multiprocessing.get_context("forkserver")
-        _FORKS.set_forkserver_preload(["_cheap_worker", "psycopg", "squeeze.search._study", "squeeze.search._api"])
+        _FORKS.set_forkserver_preload(["_cheap_worker", "psycopg", "squeeze.search"])
     return _FORKS
 
 
@@ -121,7 +121,7 @@ def by_state(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 
 def create(path: Path) -> None:
     from squeeze.search import load_spec
-    from squeeze.search._study import connect
+    from squeeze.search._context import connect
 
     connect(load_spec(path), create=True).engine.dispose()
 
@@ -173,7 +173,7 @@ def test_a_killed_workers_trial_fails_after_the_grace_period_and_is_retried_once
     assert len(dead.params) == 30
     assert retries[0].state == TrialState.COMPLETE and retries[0].params == dead.params
 
-    shown = subprocess.run([sys.executable, "-m", "squeeze.search._cli", "status", name, "--storage", pg_url],
+    shown = subprocess.run([sys.executable, "-m", "squeeze.search", "status", name, "--storage", pg_url],
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert _row(shown.stdout, "retried trials") == "1"
@@ -317,7 +317,7 @@ def test_bad_storage_urls_end_in_one_sentence_without_the_password(pg_url: str, 
         # One passes the URL on the command line, the others through $SQUEEZE_STORAGE.
         argv = ["--storage", text] if case == "missing database" else []
         env = dict(os.environ) | ({} if argv else {"SQUEEZE_STORAGE": text})
-        procs[case] = subprocess.Popen([sys.executable, "-m", "squeeze.search._cli", "worker", str(path), *argv],
+        procs[case] = subprocess.Popen([sys.executable, "-m", "squeeze.search", "worker", str(path), *argv],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for case, proc in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -339,7 +339,7 @@ def test_sigterm_fails_the_running_trial_cleanly_and_exits_0(pg_url: str, pg_stu
     create(path)
     worker = Worker(path, sleep=3.0)
     number = worker.wait_for_start()
-    status = _api.status(_api.resolve(name, storage=pg_url))
+    status = ss.status(name, storage=pg_url)
     assert status.live_workers == 1 and status.counts["RUNNING"] == 1
     worker.kill(signal.SIGTERM)
     assert worker.finish(timeout=30) == 0, worker.text
@@ -356,7 +356,7 @@ def test_sigterm_fails_the_running_trial_cleanly_and_exits_0(pg_url: str, pg_stu
 
 def test_several_local_workers_on_sqlite_are_refused_with_a_pointer_to_postgresql(tiny_study) -> None:
     path = tiny_study(name="lite")
-    shown = subprocess.run([sys.executable, "-m", "squeeze.search._cli", "run", str(path), "--workers", "2"],
+    shown = subprocess.run([sys.executable, "-m", "squeeze.search", "run", str(path), "--workers", "2"],
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 2
     assert "Traceback" not in shown.stderr

@@ -1,0 +1,70 @@
+"""Export: a trial's stored artifact written to a file, byte for byte the one measured."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from squeeze.objectives import decode
+from squeeze.spaces import SqueezeError, get_family
+
+from . import _storage as st
+from ._front import front_of
+from ._target import Target, open_study
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def export_trial(target: Target, number: int, out: str | Path) -> Path:
+    """Write trial ``number``'s artifact to ``out``; the bytes its size was measured on."""
+    study, engine = open_study(target)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        held = f"it has trials 0 to {len(trials) - 1}" if trials else "it has no trials yet"
+        raise SqueezeError(f"trial {number} does not exist in study {target.name!r} ({held}).")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise SqueezeError(f"trial {number} of study {target.name!r} is {trial.state.name}; only COMPLETE trials can be exported.")
+    row = st.get_artifact(engine, target.name, number)
+    if row is None:
+        raise SqueezeError(f"trial {number} of study {target.name!r} has no stored artifact.")
+    # With a study file, its family decodes the bytes; with a study name, only a built-in family can:
+    # a user's factory is never imported because a database names it (the refusal asks for the file).
+    family = get_family(target.spec.task.family) if target.spec is not None else None
+    decode(row.data, source=f"trial {number} of study {target.name!r}", family=family)
+    return _write(Path(out), row.data)
+
+
+def export_front(target: Target, out_dir: str | Path) -> list[Path]:
+    """Write every front member's artifact into ``out_dir`` as ``trial-<N>.squeeze``."""
+    data = front_of(target)
+    folder = Path(out_dir)
+    paths = []
+    for p in data.front:
+        name = _SAFE_NAME.sub("_", f"trial-{p.number}.squeeze")
+        dest = (folder / name).resolve()
+        if folder.resolve() not in dest.parents:
+            raise SqueezeError(f"export path {dest} escapes the folder {folder}.")
+        paths.append(export_trial(target, p.number, dest))
+    return paths
+
+
+def _write(path: Path, blob: bytes) -> Path:
+    """Write atomically: a temporary file beside ``path``, then a rename, so nothing is half-written."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise SqueezeError(f"cannot write `{path}`: `{folder}` is a file, not a folder.")
+    if path.is_dir():
+        raise SqueezeError(f"cannot write `{path}`: it is a folder; name a file, or use --front for a folder.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SqueezeError(f"cannot write `{path}`: {exc.strerror or exc}.") from None
+    return path

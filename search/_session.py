@@ -1,0 +1,228 @@
+"""A study opened for work: its data read, its context, teacher, space and objective, and the worker entry.
+
+:func:`open_session` does, in order, what must happen before a worker's first trial: read the data
+and build the teacher untrained (bad input ends there, before anything is written), connect (create
+or resume), ensure the teacher, enqueue the references and anchors once, and build the objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import optuna
+from optuna.trial import TrialState
+
+from squeeze.objectives import Judged, TaskData, evaluate, load_task
+from squeeze.spaces import CompressionPlan, JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
+
+from . import _storage as st
+from ._attrs import StudyAttr, TrialAttr
+from ._context import Context, connect, quiet_optuna
+from ._latencies import LatencyBook
+from ._objective import network_objective
+from ._pareto import Point, Teacher
+from ._readers import points
+from ._snapshots import RunningFront, maybe_snapshot
+from ._spec import StudySpec
+from ._teacher import TeacherBundle, ensure_teacher
+from ._workers import Objective, WorkerReport, work_loop, worker_seed
+from .samplers import anchor_params, make_sampler, reference_params, startup_trials
+
+
+def _load_data(spec: StudySpec) -> TaskData:
+    return load_task(spec.task.dataset, options=spec.task.options, seed=spec.study.seed, holdout=spec.task.holdout,
+                     data_dir=spec.task.data)
+
+
+def prepare(spec: StudySpec) -> TaskData:
+    """Read the study's data and build its teacher once, untrained: the checks before anything is written.
+
+    A missing or damaged data folder, a family whose factory raises, or a model that does not fit
+    the data is bad input: found here it costs one sentence, not a half-created study with a stale
+    teacher claim. Returns the task's data.
+    """
+    data = _load_data(spec)
+    _check_model(spec, data)
+    return data
+
+
+def _check_model(spec: StudySpec, data: TaskData) -> None:
+    import torch
+
+    family = get_family(spec.task.family)
+    try:
+        model = family.build(spec.task.model, in_channels=data.in_channels, num_classes=data.num_classes)
+        with torch.no_grad():
+            out = model.eval()(data.x_train[:1])
+        if tuple(out.shape) != (1, data.num_classes):
+            raise ValueError(f"it gives outputs of shape {tuple(out.shape)}, not (1, {data.num_classes})")
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same to the user
+        raise SqueezeError(
+            f"model family {spec.task.family!r} cannot build a teacher from `task.model` = {dict(spec.task.model)} "
+            f"for task {spec.task.dataset!r}: {type(exc).__name__}: {str(exc).rstrip('.')}."
+        ) from None
+    checkpoint = checkpoint_of(spec.task.model)
+    if checkpoint:
+        # A checkpoint that does not fit is its own sentence (it names the file), found before anything is written.
+        load_checkpoint(model, checkpoint, family=spec.task.family)
+
+
+@dataclass
+class Session:
+    """A study opened for work: what a worker holds between trials."""
+
+    ctx: Context
+    data: TaskData
+    teacher: TeacherBundle
+    space: JointSpace
+    objective: Objective
+    _book: LatencyBook = field(default_factory=LatencyBook, repr=False)
+
+    @property
+    def spec(self) -> StudySpec:
+        return self.ctx.spec
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.ctx.study
+
+    @property
+    def teacher_figures(self) -> Teacher:
+        """The teacher's accuracy, bytes and latency, as fronts and hypervolumes use them."""
+        t = self.teacher
+        return Teacher(accuracy=t.accuracy, size_bytes=t.size_bytes, latency_ms=t.latency_ms)
+
+    def work(
+        self,
+        *,
+        worker: int = 0,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        trials: int | None = None,
+        on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial], None] | None = None,
+        handle_signals: bool = True,
+    ) -> WorkerReport:
+        """Run trials until the study holds ``trials`` (default: its budget) completed ones, snapshotting the front.
+
+        ``sampler`` replaces the study's own (for example Optuna's ``PartialFixedSampler`` around it).
+        """
+        if trials is not None and trials != self.spec.study.trials:
+            self.ctx = connect(replace(self.spec, study=replace(self.spec.study, trials=trials)), create=False)
+        return run_worker(self.ctx, self.objective, worker=worker, sampler=sampler, on_trial=on_trial,
+                          handle_signals=handle_signals, teacher=self.teacher_figures)
+
+    def points(self) -> list[Point]:
+        """Every completed trial of the study as a :class:`Point`."""
+        return points(optuna.load_study(study_name=self.spec.study.name, storage=self.ctx.storage))
+
+    def artifact(self, number: int) -> bytes:
+        """The stored artifact of completed trial ``number``: the bytes it was measured on."""
+        row = st.get_artifact(self.ctx.engine, self.spec.study.name, number)
+        if row is None:
+            raise SqueezeError(f"trial {number} of study {self.spec.study.name!r} has no stored artifact.")
+        return row.data
+
+    def evaluate(self, plan: CompressionPlan, *, seed: int | None = None) -> Judged:
+        """Judge ``plan`` as a trial of this study would, under training seed ``seed`` (default: the study's).
+
+        Nothing is stopped early or stored; a network this session has timed before keeps that
+        measurement, so plans retrained under other seeds differ only in what training changes.
+        """
+        spec = self.spec
+        return evaluate(
+            plan, teacher=self.teacher.model, teacher_deployed=self.teacher.deployed,
+            family=get_family(spec.task.family), options=spec.task.model, data=self.data, budget=spec.training,
+            compress=spec.compress, latency=spec.latency, device=spec.task.device,
+            seed=spec.training_seed() if seed is None else seed,
+            known_latency=lambda key: self._book.measured(self.study, key),
+        )
+
+
+def open_session(spec: StudySpec, *, create: bool = True, log: Callable[[str], None] = lambda _: None) -> Session:
+    """Open ``spec``'s study for work: data, study (created when ``create``), teacher, references, objective.
+
+    Bad input is found before anything is written: the data is read and the model built first.
+    """
+    data = prepare(spec)
+    ctx = connect(spec, create=create)
+    teacher = ensure_teacher(ctx, data, log=log)
+    space = JointSpace(get_family(spec.task.family), spec.task.model, spec.space, teacher=teacher.model)
+    enqueue_references(ctx, space)
+    return Session(ctx=ctx, data=data, teacher=teacher, space=space,
+                   objective=network_objective(ctx, data=data, teacher=teacher))
+
+
+def enqueue_references(ctx: Context, space: JointSpace) -> None:
+    """Enqueue the uniform reference policies, and the ``auto`` sampler's anchors, once, when the study is new."""
+    spec = ctx.spec.study
+    anchored = spec.anchors and spec.sampler == "auto"
+    if not (spec.references or anchored) or ctx.study.user_attrs.get(StudyAttr.REFERENCES_ENQUEUED):
+        return
+    with st.study_lock(ctx.engine, spec.name):
+        ctx.study = optuna.load_study(study_name=spec.name, storage=ctx.storage)
+        if ctx.study.user_attrs.get(StudyAttr.REFERENCES_ENQUEUED):
+            return
+        references = reference_params(ctx.spec, space) if spec.references else []
+        for label, params in references:
+            ctx.study.enqueue_trial(params, user_attrs={TrialAttr.REFERENCE: label}, skip_if_exists=True)
+        if anchored:
+            slots = min(startup_trials(spec.trials), spec.trials) - len(references)
+            for label, params in anchor_params(ctx.spec, space, slots=slots, taken=[p for _, p in references]):
+                ctx.study.enqueue_trial(params, user_attrs={TrialAttr.ANCHOR: label}, skip_if_exists=True)
+        ctx.study.set_user_attr(StudyAttr.REFERENCES_ENQUEUED, True)
+
+
+def run_worker(
+    ctx: Context,
+    objective: Objective,
+    *,
+    worker: int = 0,
+    on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial], None] | None = None,
+    poll_s: float = 1.0,
+    handle_signals: bool = True,
+    teacher: Teacher | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> WorkerReport:
+    """Run trials until the study holds ``spec.study.trials`` completed ones, or a signal arrives.
+
+    The budget is global and exact; stale trials of dead workers are failed (and retried once)
+    first; SIGINT/SIGTERM let no new trial start, fail the running one cleanly and return (see
+    ``_workers.py``). With ``teacher``, the front and its hypervolume are snapshotted every
+    ``study.snapshot_every`` completed trials. ``sampler`` replaces the study's own (for example
+    Optuna's ``PartialFixedSampler`` around it, to search a part of the space).
+    """
+    spec = ctx.spec
+    sampler = sampler or make_sampler(spec.study.sampler, seed=worker_seed(spec.study.seed, worker), trials=spec.study.trials)
+    front = RunningFront()
+
+    def after_trial(counts: dict[str, int], frozen: optuna.trial.FrozenTrial) -> None:
+        if teacher is not None and frozen.state == TrialState.COMPLETE:
+            maybe_snapshot(ctx, ctx.study, counts["COMPLETE"], teacher, front=front)
+        if on_trial:
+            on_trial(counts, frozen)
+
+    with quiet_optuna():
+        return work_loop(ctx, objective, sampler=sampler, worker=worker, on_trial=after_trial, poll_s=poll_s,
+                         handle_signals=handle_signals)
+
+
+def work_on(
+    spec: StudySpec,
+    objective: Objective,
+    *,
+    create: bool = False,
+    worker: int = 0,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    teacher: Teacher | None = None,
+    on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial], None] | None = None,
+    handle_signals: bool = True,
+) -> WorkerReport:
+    """The worker loop (exact budget, heartbeats, retries, signals) around an objective of your own.
+
+    ``objective(trial)`` returns ``((accuracy, size_bytes, latency_ratio), attrs)``; it should call
+    nothing slow before it has suggested its parameters. With ``teacher``, the front is snapshotted as
+    in a real study. No data is read and no teacher trained: this is for measuring the machinery.
+    """
+    ctx = connect(spec, create=create)
+    return run_worker(ctx, objective, worker=worker, sampler=sampler, teacher=teacher, on_trial=on_trial,
+                      handle_signals=handle_signals)

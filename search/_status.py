@@ -1,0 +1,89 @@
+"""What ``squeeze status`` shows: trials by state, workers, the front, the sampler and its moves, the teacher."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from . import _storage as st
+from ._attrs import TrialAttr
+from ._context import GRACE_S
+from ._pareto import Teacher, hypervolume, pareto_front, references_beaten
+from ._readers import points, teacher_of
+from ._target import Target, open_study
+
+
+@dataclass(frozen=True)
+class Status:
+    """A study's state, as :func:`squeeze.search.status` returns it."""
+
+    name: str
+    url: str
+    counts: dict[str, int]
+    budget: int | None
+    retries: int
+    live_workers: int
+    front_size: int
+    hypervolume: float | None
+    teacher: Teacher | None
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    sampler: str | None = None
+    """The sampler that proposed the latest trial (``auto`` switches as the study grows)."""
+    sampler_ms: float | None = None
+    """The sampler's median time per trial over the last 10 trials, in milliseconds."""
+    trial_s: float | None = None
+    """The median wall time of the last 10 finished trials, in seconds."""
+    stopped_early: int = 0
+    saved_s: float = 0.0
+    """Trials stopped before the end (a budget they could not meet) and the time that saved, estimated."""
+    latency_timed: int = 0
+    latency_reused: int = 0
+    """Completed trials that timed their network, and those that took an earlier trial's measurement of it."""
+    references: int = 0
+    anchors: int = 0
+    local_moves: int = 0
+    """Finished trials that were uniform references, ``auto``'s anchors, and its local moves; the rest the sampler proposed."""
+    reference_moves: int = 0
+    """Of the local moves, those that made a uniform reference smaller (``local_kind`` ``"reference"``)."""
+    references_beaten: tuple[tuple[int, int | None], ...] = ()
+    """Each completed uniform reference's trial, with the smallest front trial that dominates it (None: none does)."""
+
+
+def study_status(target: Target) -> Status:
+    """Trials by state, retries, live workers (recent heartbeats), front size and hypervolume."""
+    study, engine = open_study(target)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    retries = sum(1 for t in trials if "failed_trial" in t.system_attrs)
+    grace = target.spec.study.grace_s if target.spec else GRACE_S
+    live = len(st.live_workers(engine, target.name, within_s=grace))
+    teacher = teacher_of(study)
+    pts = points(study)
+    front = pareto_front(pts)
+    hv = hypervolume(pts, teacher=teacher) if teacher and pts else None
+    stored = st.load_config(engine, target.name) if "squeeze_studies" in sa.inspect(engine).get_table_names() else None
+    budget = target.spec.study.trials if target.spec else (stored or {}).get("study", {}).get("trials")
+    errors = [(t.number, str(t.user_attrs.get(TrialAttr.ERROR, ""))) for t in trials if t.state == TrialState.FAIL][-5:]
+    recent = [t for t in trials if t.state.is_finished() and TrialAttr.SAMPLER_MS in t.user_attrs][-10:]
+    timed = [t.user_attrs[TrialAttr.TRIAL_S] for t in recent if TrialAttr.TRIAL_S in t.user_attrs]
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and TrialAttr.STOPPED_EARLY in t.user_attrs]
+    measured = [t for t in trials if t.state == TrialState.COMPLETE and TrialAttr.LATENCY_REUSED in t.user_attrs]
+    reused = sum(1 for t in measured if t.user_attrs[TrialAttr.LATENCY_REUSED])
+    return Status(
+        target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors,
+        sampler=recent[-1].user_attrs.get(TrialAttr.SAMPLER) if recent else None,
+        sampler_ms=statistics.median(t.user_attrs[TrialAttr.SAMPLER_MS] for t in recent) if recent else None,
+        trial_s=statistics.median(timed) if timed else None,
+        stopped_early=len(stopped), saved_s=sum(float(t.user_attrs.get(TrialAttr.SAVED_S, 0.0)) for t in stopped),
+        latency_timed=len(measured) - reused, latency_reused=reused,
+        references_beaten=tuple((ref.number, by.number if by else None) for ref, by in references_beaten(pts)),
+        reference_moves=sum(1 for t in trials
+                            if t.state.is_finished() and t.user_attrs.get(TrialAttr.LOCAL_KIND) == "reference"),
+        **{key: sum(1 for t in trials if t.state.is_finished() and attr in t.user_attrs)
+           for key, attr in (("references", TrialAttr.REFERENCE), ("anchors", TrialAttr.ANCHOR), ("local_moves", TrialAttr.LOCAL_FROM))},
+    )
