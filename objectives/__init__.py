@@ -9,7 +9,7 @@ from ._materialize import int8_engine
 from ._latency import RUNTIMES, Latency, LatencySpec, cpu_model, measure
 from ._ort import LoadedOnnx, OrtModel, decode_onnx, deploy, load_onnx
 from ._task_registry import TaskData, TaskLoader, list_tasks, load_task, register_task, task_loader, unregister_task
-from ._train import DivergedError, TrainingBudget, accuracy, train_teacher, training_device
+from ._train import DivergedError, Recipe, TrainingBudget, accuracy, augment, train_teacher, training_device
 
 __all__ = [
     "PRUNERS",
@@ -24,10 +24,12 @@ __all__ = [
     "Loaded",
     "LoadedOnnx",
     "OrtModel",
+    "Recipe",
     "TaskData",
     "TaskLoader",
     "TrainingBudget",
     "accuracy",
+    "augment",
     "cpu_model",
     "decode",
     "decode_onnx",

@@ -28,7 +28,7 @@ from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channe
 from ._onnx import build_model, io_card, serialize, writer
 from ._ort import deploy, runtime_version
 from ._task_registry import TaskData
-from ._train import TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device
+from ._train import Recipe, TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device
 
 CALIBRATION_SAMPLES = 512
 
@@ -162,6 +162,9 @@ def evaluate(
     check: Callable[[str, nn.Module], None] | None = None,
     device: str = "cpu",
     known_latency: Callable[[str], Latency | None] | None = None,
+    recipe: Recipe | None = None,
+    split: str = "validation",
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Judged:
     """Build, train, compress and materialize the candidate ``plan``; measure its three objectives.
 
@@ -173,7 +176,14 @@ def evaluate(
     network's :func:`latency_key`, returns an earlier measurement of the same network (or None):
     then that measurement is the candidate's latency and the network is not timed again, so
     networks that run the same kernels get the same figure rather than two draws of the noise.
+
+    ``recipe`` is how the student trains (default :meth:`Recipe.proxy`, a trial's budget), and
+    ``split`` the data accuracy is measured on: ``validation`` for trials, ``test`` for finished
+    models only. ``progress(stage, step, steps)`` follows distillation step by step.
     """
+    if split not in ("validation", "test"):
+        raise ValueError(f"`split` must be 'validation' or 'test', but got {split!r}.")
+    recipe = recipe or Recipe.proxy(budget)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -208,19 +218,20 @@ def evaluate(
     lap("prune")
     # The shared teacher stays on the CPU for the steps that run there; a copy goes to the GPU.
     teacher_on = teacher if train_on.type == "cpu" else copy.deepcopy(teacher).to(train_on)
-    distil(student, teacher_on, data.x_train, data.y_train, steps=budget.distill_steps, budget=budget, seed=seed,
-           device=train_on)
+    distil(student, teacher_on, data.x_train, data.y_train, steps=recipe.distill_steps, budget=budget, seed=seed,
+           device=train_on, lr=recipe.lr, warmup=recipe.warmup_steps, augmented=recipe.augment,
+           progress=(lambda i, n: progress("distil", i, n)) if progress else None)
     lap("distil")
     if check:
         check("distil", student)
-    distil(student, teacher_on, data.x_train, data.y_train, steps=budget.finetune_steps, budget=budget,
-           seed=seed + 2, lr=budget.lr / 3, stage="fine-tune", device=train_on)
+    distil(student, teacher_on, data.x_train, data.y_train, steps=recipe.finetune_steps, budget=budget,
+           seed=seed + 2, lr=(recipe.lr or budget.lr) / 3, stage="fine-tune", device=train_on)
     del teacher_on
     lap("finetune")
 
     folded = fold_batchnorm(student)
     scales = weight_scales(
-        folded, dict(plan.bits), method=compress.quantizer, steps=budget.qat_steps, step=step,
+        folded, dict(plan.bits), method=compress.quantizer, steps=recipe.qat_steps, step=step,
         data=stream, lr=budget.lr / 10, example=example,
     )
     folded.eval()
@@ -242,7 +253,9 @@ def evaluate(
     deployed = deploy(draft, runtime=latency.runtime, family=family, threads=latency.threads)
     lap("materialize")
 
-    acc = accuracy(deployed, data.x_holdout, data.y_holdout)
+    # Trials are scored on validation; only finished models ever read the test split.
+    x_eval, y_eval = (data.x_test, data.y_test) if split == "test" else (data.x_holdout, data.y_holdout)
+    acc = accuracy(deployed, x_eval, y_eval)
     lap("accuracy")
     key = latency_key(arch, plan, spec=latency, model=folded)
     known = known_latency(key) if known_latency else None

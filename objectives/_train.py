@@ -1,6 +1,7 @@
 """Training loops: the teacher, distillation into a student, and fine-tuning.
 
-All loops draw mini-batches from the training part only; the held-out part is never seen here.
+All loops draw mini-batches from the training split only; the validation and test splits are
+never seen here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class TrainingBudget:
     lr: float = 3e-3
     temperature: float = 4.0
     alpha: float = 0.7
+    augment: bool = False
+    """Light augmentation (random shifts, :func:`augment`) while the teacher trains and while ``squeeze
+    finalize`` distils; trials' short distillation sees the images as they are."""
 
     def __post_init__(self) -> None:
         for key in ("teacher_epochs", "distill_steps", "finetune_steps", "qat_steps"):
@@ -42,6 +46,30 @@ class TrainingBudget:
                 raise SqueezeError(f"`training.{key}` must be a positive number, but got {value!r}.")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
             raise SqueezeError(f"`training.alpha` must be a number in [0, 1], but got {self.alpha!r}.")
+        if not isinstance(self.augment, bool):
+            raise SqueezeError(f"`training.augment` must be true or false, but got {self.augment!r}.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one candidate is trained after pruning: steps per stage, the learning-rate warm-up, augmentation.
+
+    A trial's recipe is :meth:`proxy` (a few hundred steps, enough to rank plans); ``squeeze
+    finalize`` builds a full one (``squeeze.objectives.final_recipe``).
+    """
+
+    distill_steps: int
+    finetune_steps: int
+    qat_steps: int
+    warmup_steps: int = 0
+    augment: bool = False
+    lr: float | None = None
+    """The distillation learning rate; None: the budget's ``lr``."""
+
+    @classmethod
+    def proxy(cls, budget: TrainingBudget) -> Recipe:
+        """A trial's recipe: the budget's steps, no warm-up, no augmentation."""
+        return cls(distill_steps=budget.distill_steps, finetune_steps=budget.finetune_steps, qat_steps=budget.qat_steps)
 
 
 def training_device(requested: str = "cpu") -> torch.device:
@@ -66,6 +94,22 @@ def batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int) -> 
             yield x[idx], y[idx]
 
 
+def augment(x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Light augmentation: each image shifted by up to 1/14 of its side (2 pixels on 28x28), edges repeated.
+
+    A shift keeps what an image shows, whatever the data set (a flip would turn a 2 into something
+    else), which is what makes it safe to apply to every image task.
+    """
+    n, _, h, w = x.shape
+    p = max(1, round(min(h, w) / 14))
+    padded = torch.nn.functional.pad(x, (p, p, p, p), mode="replicate")
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
 def _check(loss: torch.Tensor, stage: str) -> None:
     if not math.isfinite(float(loss.detach())):
         raise DivergedError(f"the {stage} loss diverged to {float(loss)}")
@@ -83,7 +127,9 @@ def train_teacher(
 ) -> nn.Module:
     """Train ``model`` from scratch with cross-entropy for ``budget.teacher_epochs`` epochs.
 
-    Training runs on ``device``; the model comes back on the CPU.
+    AdamW under a one-cycle schedule (a warm-up over the first 30% of the steps to ``budget.lr``,
+    then annealing to nearly 0), with :func:`augment` when ``budget.augment`` is set. Training runs
+    on ``device``; the model comes back on the CPU.
     """
     torch.manual_seed(seed)
     model.to(device)
@@ -93,8 +139,11 @@ def train_teacher(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=max(total, 1))
     model.train()
     data = batches(x, y, batch_size=budget.batch_size, seed=seed)
+    shifts = torch.Generator().manual_seed(seed + 5)
     for step in range(total):
         xb, yb = next(data)
+        if budget.augment:
+            xb = augment(xb, generator=shifts)
         loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
         _check(loss, "teacher")
         opt.zero_grad()
@@ -127,10 +176,16 @@ def distil(
     lr: float | None = None,
     stage: str = "distillation",
     device: torch.device | str = "cpu",
+    warmup: int = 0,
+    augmented: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
-    """Train ``student`` to match ``teacher`` for ``steps`` mini-batches (cosine-decayed LR).
+    """Train ``student`` to match ``teacher`` for ``steps`` mini-batches.
 
-    Training runs on ``device``, where ``teacher`` must already be; the student comes back on the CPU.
+    The learning rate rises linearly over the first ``warmup`` steps, then decays along a cosine
+    to 0. With ``augmented``, every batch goes through :func:`augment` (teacher and student see the
+    same shifted images). ``progress(step, steps)`` is called after every step. Training runs on
+    ``device``, where ``teacher`` must already be; the student comes back on the CPU.
     """
     if steps <= 0:
         return student.eval()
@@ -138,11 +193,22 @@ def distil(
     teacher.eval()
     student.to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=lr or budget.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    if warmup > 0:
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     student.train()
     data = batches(x, y, batch_size=budget.batch_size, seed=seed)
-    for _ in range(steps):
+    shifts = torch.Generator().manual_seed(seed + 5)
+    for step in range(steps):
         xb, yb = next(data)
+        if augmented:
+            xb = augment(xb, generator=shifts)
         xb, yb = xb.to(device), yb.to(device)
         with torch.no_grad():
             t_logits = teacher(xb)
@@ -152,6 +218,8 @@ def distil(
         loss.backward()
         opt.step()
         sched.step()
+        if progress is not None:
+            progress(step + 1, steps)
     return student.cpu().eval()
 
 
