@@ -1,0 +1,165 @@
+"""Sampler ablation across tasks: ``auto``'s parts one by one against plain TPE, NSGA-II and random search.
+
+Every (task, method, seed) is one study in its own SQLite file under ``--out``, run to the task's budget
+through the library's own worker loop (:func:`squeeze.search.open_session`), uniform references
+included in every study (they are the baseline every front is compared with). Then, for each task and
+seed, every distinct network of every method's study (by its ``latency_key``) is timed again in this
+one process, in ``--retime-passes`` shuffled passes, so that the methods' fronts are compared on the
+same measurements rather than on each study's own timing under whatever load it met. A study's
+hypervolume is reported both ways: as ``squeeze status`` prints it (its own timings) and retimed.
+The reference point of the hypervolume is (error 1.0, 1.5x the teacher's bytes, 2x its latency).
+
+    python benchmarks/ablation.py --tasks digits --seeds 0 1 2 --out benchmarks/out/ablation
+    python benchmarks/ablation.py --tasks mnist --data ../shared/data/mnist --seeds 0 1 2
+
+Methods: ``random``, ``tpe``, ``nsga2`` (Optuna's, as ``study.sampler`` names them), ``auto`` (the
+default), and ``auto`` with one part off: ``auto-noanchors`` (TPE's random start-up instead of the
+uniform anchors), ``auto-nofront`` (no moves of front points), ``auto-norefs`` (no moves of the
+uniform references), ``auto-noswitch`` (TPE to the end, never NSGA-II). Results go to
+``--out/ablation.json`` (one row a study) and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from squeeze.objectives import decode, measure
+from squeeze.search import TrialAttr, hypervolume, load_spec, open_session, worker_seed
+from squeeze.search.samplers import AutoSampler
+
+REPO = Path(__file__).resolve().parents[1]
+
+TASKS = {
+    # The default study, as a user runs it.
+    "digits": {"file": REPO / "studies" / "digits.toml", "set": []},
+    # The search-quality benchmark's task: MNIST files, a 16-32-64 CNN.
+    "mnist": {"file": REPO / "studies" / "digits.toml", "set": [
+        "task.dataset=mnist", "task.holdout=0.2", "task.options.limit=4000", "task.options.holdout_limit=1000",
+        "training.teacher_epochs=3", "training.distill_steps=200", "training.finetune_steps=60",
+        "training.qat_steps=40"]},
+    # A family auto was never tuned on: mobilenet_v2 (width 0.5) on the MNIST files.
+    "mobilenet": {"file": REPO / "studies" / "digits.toml", "set": [
+        "task.dataset=mnist", "task.family=mobilenet_v2", "task.model={width = 0.5}", "task.holdout=0.2",
+        "task.options.limit=3000", "task.options.holdout_limit=800", "training.teacher_epochs=2",
+        "training.distill_steps=150", "training.finetune_steps=40", "training.qat_steps=30", "space.depth=false",
+        "space.width=[0.5, 1.0]"]},
+}
+
+METHODS = ("random", "tpe", "nsga2", "auto", "auto-noanchors", "auto-nofront", "auto-norefs", "auto-noswitch")
+
+
+def _sampler(method: str, *, seed: int, trials: int):
+    """The sampler of an ``auto-*`` ablation; None for the methods ``study.sampler`` names itself."""
+    parts = {"auto-nofront": {"local": 0.0}, "auto-norefs": {"refine": 0}, "auto-noswitch": {"share": float("inf")}}
+    if method in parts:
+        return AutoSampler(seed=worker_seed(seed, 0), trials=trials, **parts[method])
+    return None
+
+
+def _spec(args: argparse.Namespace, task: str, method: str, seed: int):
+    name = f"{task}-{method}-s{seed}"
+    sampler = "auto" if method.startswith("auto") else method
+    overrides = [*TASKS[task]["set"], f"study.name={name}", f"study.sampler={sampler}", f"study.seed={seed}",
+                 f"study.trials={args.trials or 40}", f"study.storage=sqlite:///{args.out / (name + '.db')}",
+                 f"study.anchors={'false' if method == 'auto-noanchors' else 'true'}"]
+    return load_spec(TASKS[task]["file"], overrides=overrides, data=args.data if task != "digits" else None)
+
+
+def run_study(args: argparse.Namespace, task: str, method: str, seed: int) -> dict:
+    """One study, run to its budget (resumed if it exists); what the table needs."""
+    torch.set_num_threads(1)
+    spec = _spec(args, task, method, seed)
+    started = time.perf_counter()
+    session = open_session(spec, create=True)
+    session.work(sampler=_sampler(method, seed=seed, trials=spec.study.trials), handle_signals=False)
+    points = session.points()
+    return {"task": task, "method": method, "seed": seed, "trials": len(points),
+            "minutes": round((time.perf_counter() - started) / 60, 2),
+            "hypervolume": hypervolume(points, teacher=session.teacher_figures)}
+
+
+def retime(args: argparse.Namespace, task: str, seed: int, methods: list[str], rows: list[dict]) -> None:
+    """Every distinct network of the seed's studies timed again here; each row gains ``hypervolume_retimed``."""
+    torch.set_num_threads(1)
+    sessions = {m: open_session(_spec(args, task, m, seed), create=False) for m in methods}
+    base = sessions[methods[0]]
+    networks: dict[str, tuple[str, int]] = {}
+    keys: dict[str, dict[int, str]] = {}
+    for m, s in sessions.items():
+        done = s.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        keys[m] = {t.number: t.user_attrs[TrialAttr.LATENCY_KEY] for t in done}
+        for t in done:
+            networks.setdefault(keys[m][t.number], (m, t.number))
+    modules = {key: decode(sessions[m].artifact(n)).module for key, (m, n) in networks.items()}
+    example = base.data.x_train[:1]
+    timings: dict[str, list[float]] = {key: [] for key in networks}
+    for attempt in range(args.retime_passes):
+        order = sorted(networks)
+        random.Random(seed + 1000 * attempt).shuffle(order)
+        for key in order:
+            timings[key].append(measure(modules[key], base.teacher.deployed, example, spec=base.spec.latency).ratio)
+    ratio = {key: statistics.median(t) for key, t in timings.items()}
+    for row in rows:
+        if row["task"] == task and row["seed"] == seed and row["method"] in sessions:
+            s = sessions[row["method"]]
+            again = [dataclasses.replace(p, latency_ratio=ratio[keys[row["method"]][p.number]]) for p in s.points()]
+            row["hypervolume_retimed"] = hypervolume(again, teacher=s.teacher_figures)
+    print(f"# {task} seed {seed}: {len(networks)} networks timed again in {args.retime_passes} passes", flush=True)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per task and method, the mean retimed hypervolume, each seed's, and the study-timed mean."""
+    out = ["| task | method | mean HV (retimed) | per seed (retimed) | mean HV (own timing) | trials | minutes |",
+           "|---|---|---:|---|---:|---:|---:|"]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
+            mine = sorted((r for r in rows if r["task"] == task and r["method"] == method), key=lambda r: r["seed"])
+            again = [r.get("hypervolume_retimed", float("nan")) for r in mine]
+            out.append(f"| {task} | {method} | {statistics.mean(again):.4f} | "
+                       f"{', '.join(f'{v:.4f}' for v in again)} | "
+                       f"{statistics.mean(r['hypervolume'] for r in mine):.4f} | "
+                       f"{sum(r['trials'] for r in mine)} | {sum(r['minutes'] for r in mine):.1f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["digits"], choices=sorted(TASKS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=None, help="budget of each study (default: 40)")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--retime-passes", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "ablation")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "ablation.json"
+    rows = json.loads(results.read_text()) if results.exists() else []
+    done = {(r["task"], r["method"], r["seed"]) for r in rows}
+    for task in args.tasks:
+        for seed in args.seeds:
+            for method in args.methods:
+                if (task, method, seed) in done:
+                    continue
+                rows.append(run_study(args, task, method, seed))
+                print(f"# {rows[-1]}", flush=True)
+                results.write_text(json.dumps(rows, indent=1))
+            retime(args, task, seed, [m for m in args.methods], rows)
+            results.write_text(json.dumps(rows, indent=1))
+    print(table([r for r in rows if r["task"] in args.tasks and r["method"] in args.methods]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
