@@ -7,6 +7,7 @@ parts of your own (a sampler, an objective wrapper), as the benchmarks do.
 """
 
 from ._attrs import StudyAttr, TrialAttr
+from ._dashboard import dashboard
 from ._pareto import (
     FrontData,
     HypervolumeSample,
@@ -43,6 +44,7 @@ __all__ = [
     "TrialAttr",
     "WorkerReport",
     "create",
+    "dashboard",
     "dominates",
     "draw",
     "export",

@@ -211,6 +211,24 @@ def export(study: StudyArg, storage: StorageOpt = None,
 
 
 @app.command()
+def dashboard(study: StudyArg, storage: StorageOpt = None,
+              host: Annotated[str, typer.Option("--host", help="Address to serve on; anything but loopback lets other machines read and change the study.")] = "127.0.0.1",
+              port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: any free port).")] = 8080) -> None:
+    """Serve optuna-dashboard on the study until Ctrl-C: named objectives, Pareto front, artifacts to download."""
+    import squeeze.search as ss
+    from ._dashboard import is_loopback
+
+    def ready(url: str) -> None:
+        if not is_loopback(host):
+            err.print(f"note: serving on {host}: the dashboard has no login, and anyone who can reach this address "
+                      "can read and change the study.", highlight=False)
+        out.print(f"dashboard: {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True)
+
+    ss.dashboard(study, storage=storage, host=host, port=port, on_ready=ready)
+    err.print("dashboard stopped.")
+
+
+@app.command()
 def studies(storage: StorageOpt = None) -> None:
     """List the studies in a storage."""
     import squeeze.search as ss

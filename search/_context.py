@@ -116,6 +116,11 @@ def connect(spec: StudySpec, *, create: bool) -> Context:
         if not study.user_attrs.get(StudyAttr.CREATED):
             study.set_user_attr(StudyAttr.CREATED, True)
             study.set_user_attr(StudyAttr.OBJECTIVES, list(OBJECTIVE_NAMES))
+        if study.metric_names is None:
+            # Optuna's own objective names, which every Optuna tool (optuna-dashboard's axes) shows;
+            # a study created before squeeze set them gets them when it is next opened for work.
+            with quiet_optuna():
+                study.set_metric_names(list(OBJECTIVE_NAMES))
     return Context(spec=spec, url=url, engine=engine, storage=storage, study=study)
 
 

@@ -12,6 +12,7 @@ from squeeze.objectives import TaskData, evaluate
 from squeeze.spaces import JointSpace, get_family
 
 from . import _storage as st
+from ._artifact_store import artifact_name, register_artifact
 from ._attrs import TrialAttr, judged_attrs
 from ._context import Context
 from ._early import EarlyStop, StoppedEarly
@@ -80,6 +81,8 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
             trial.set_constraint(key, violation)
         attrs[TrialAttr.FEASIBLE] = all(v <= 0 for v in constraints.values())
         st.store_artifact(ctx.engine, spec.study.name, trial.number, judged.artifact, judged.sha256)
+        # The same bytes in the study's Optuna artifact store, so optuna-dashboard offers them for download.
+        register_artifact(ctx, judged.artifact, name=artifact_name(trial.number, spec.latency.runtime), trial=trial)
         return values, attrs
 
     return objective

@@ -23,6 +23,7 @@ from squeeze.spaces import SqueezeError, checkpoint_of, get_family, load_checkpo
 from . import _storage as st
 from ._attrs import StudyAttr
 from ._context import Context
+from ._study_views import write_note_once
 
 
 @dataclass
@@ -92,6 +93,8 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
         ctx.study.set_user_attr(StudyAttr.TEACHER_BYTES, row.size_bytes)
         ctx.study.set_user_attr(StudyAttr.TEACHER_LATENCY_MS, row.latency_ms)
         ctx.study.set_user_attr(StudyAttr.TEACHER_SHA256, row.sha256)
+        # Now the figures are known, the note that optuna-dashboard shows on the study's page (with the extra).
+        write_note_once(ctx.study, spec.to_dict())
     else:
         log("loading the stored teacher")
     try:
