@@ -17,6 +17,7 @@ from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
 from squeeze.spaces import SqueezeError
@@ -76,7 +77,7 @@ def dashboard(study: StudyRef, *, storage: str | None = None, host: str = LOOPBA
         server.server_close()
 
 
-def prepare_views(target: Target, study: optuna.Study, engine: object) -> None:
+def prepare_views(target: Target, study: optuna.Study, engine: sa.Engine) -> None:
     """Objective names, the study note and the hypervolume figure, for a squeeze study that lacks them."""
     attrs = study.user_attrs
     if not attrs.get(StudyAttr.CREATED):
@@ -84,11 +85,11 @@ def prepare_views(target: Target, study: optuna.Study, engine: object) -> None:
     if study.metric_names is None:
         with quiet_optuna():
             study.set_metric_names(list(OBJECTIVE_NAMES))
-    config = st.load_config(engine, target.name)  # type: ignore[arg-type]
+    config = st.load_config(engine, target.name)
     if config is not None:
         write_note_once(study, config)
     save_hypervolume(study, [HypervolumeSample(trials=c, hypervolume=h, elapsed_s=e)
-                             for c, h, e in history(engine, target.name)])  # type: ignore[arg-type]
+                             for c, h, e in history(engine, target.name)])
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

@@ -25,7 +25,7 @@ from squeeze.search._cli import main
 from squeeze.spaces import list_families
 
 BIN = Path(sys.executable).parent
-COMMANDS = ["run", "worker", "status", "pareto", "plot", "export", "studies", "list"]
+COMMANDS = ["run", "worker", "status", "pareto", "plot", "export", "dashboard", "studies", "list"]
 
 
 def _cli(capfd, *argv: str) -> tuple[int, str, str]:
@@ -64,7 +64,7 @@ def test_usage_errors_exit_2(argv: list[str], code: int, capfd) -> None:
     assert _cli(capfd, *argv)[0] == code
 
 
-@pytest.mark.parametrize("command", ["status", "pareto", "plot", "export", "studies"])
+@pytest.mark.parametrize("command", ["status", "pareto", "plot", "export", "dashboard", "studies"])
 def test_commands_on_a_missing_database_exit_2(command: str, tmp_path: Path, capfd) -> None:
     url = f"sqlite:///{tmp_path / 'missing.db'}"
     argv = {"studies": ["studies", "--storage", url],
@@ -73,6 +73,7 @@ def test_commands_on_a_missing_database_exit_2(command: str, tmp_path: Path, cap
     code, out, err = _cli(capfd, *argv)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "missing.db").exists(), "a mistyped path must not create a database"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nor anything beside it"
 
 
 def test_studies_on_a_database_without_studies_writes_nothing(tmp_path: Path, capfd) -> None:
