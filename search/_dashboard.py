@@ -88,8 +88,9 @@ def prepare_views(target: Target, study: optuna.Study, engine: sa.Engine) -> Non
     config = st.load_config(engine, target.name)
     if config is not None:
         write_note_once(study, config)
-    save_hypervolume(study, [HypervolumeSample(trials=c, hypervolume=h, elapsed_s=e)
-                             for c, h, e in history(engine, target.name)])
+    with st.study_lock(engine, target.name):  # workers may be saving the same figure (see _snapshots)
+        save_hypervolume(study, [HypervolumeSample(trials=c, hypervolume=h, elapsed_s=e)
+                                 for c, h, e in history(engine, target.name)])
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

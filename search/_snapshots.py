@@ -42,9 +42,11 @@ def maybe_snapshot(ctx: Context, study: optuna.Study, completed: int, teacher: T
     elapsed = max((p.finished_s or 0.0) for p in pts) if pts else None
     st.add_snapshot(ctx.engine, ctx.spec.study.name, completed=completed, front=[p.number for p in members],
                     hypervolume=hv, elapsed_s=elapsed)
-    # The history as a figure on the study's page in optuna-dashboard (with the extra), kept current.
-    save_hypervolume(study, [HypervolumeSample(trials=c, hypervolume=h, elapsed_s=e)
-                             for c, h, e in history(ctx.engine, ctx.spec.study.name)])
+    # The history as a figure on the study's page in optuna-dashboard (with the extra), kept current; under the
+    # study lock, since two workers that create the figure's attributes at once would collide on their keys.
+    with st.study_lock(ctx.engine, ctx.spec.study.name):
+        save_hypervolume(study, [HypervolumeSample(trials=c, hypervolume=h, elapsed_s=e)
+                                 for c, h, e in history(ctx.engine, ctx.spec.study.name)])
 
 
 def history(engine: sa.Engine, name: str) -> list[tuple[int, float, float | None]]:

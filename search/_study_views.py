@@ -44,7 +44,7 @@ def study_note(name: str, config: Mapping[str, Any], attrs: Mapping[str, Any]) -
         f"## squeeze study `{name}`",
         "",
         f"- **Task**: `{task.get('dataset')}`, teacher family `{task.get('family')}` ({model}); "
-        f"a trial is scored on the validation split ({task.get('holdout')} of the training samples).",
+        f"trials are scored on the validation split (`holdout` {task.get('holdout')}), never on the test split.",
         "- **Objectives**: `accuracy` on the validation split (maximize); `size_bytes`, the artifact's bytes "
         "(minimize); `latency_ratio`, the candidate's time over the teacher's in one process (minimize), "
         f"runtime `{latency.get('runtime', 'torch')}`, batch {latency.get('batch')}, {latency.get('threads')} thread(s).",
@@ -65,6 +65,7 @@ def study_note(name: str, config: Mapping[str, Any], attrs: Mapping[str, Any]) -
         "",
         "Each completed trial's artifact is under the trial's *Artifacts*: the bytes that were measured, the "
         f"same as `squeeze export {name} --trial N -o FILE`, with the trial's `artifact_sha256`. "
+        "Load one with onnxruntime." if latency.get("runtime") == "onnxruntime" else
         "Load one with `squeeze.objectives.load_artifact`, which never runs code from the file.",
     ]
     return "\n".join(lines) + "\n"

@@ -169,6 +169,11 @@ def test_the_study_in_a_real_browser(finished: tuple[Path, str], served: list[Se
                 page.screenshot(path=os.environ["SQUEEZE_DASHBOARD_SCREENSHOT"], clip={
                     "x": 0, "y": 0, "width": 1400, "height": 880})
 
+            # The study's note: the task and the teacher's figures.
+            page.goto(f"{dashboard.url}/note")
+            page.get_by_text("Teacher").first.wait_for(timeout=60_000)
+            assert "digits" in page.inner_text("body")
+
             # A trial's page offers its artifact; the download is the file `squeeze export` writes.
             number = max(numbers)
             page.goto(f"{dashboard.url}/trials")
@@ -211,6 +216,15 @@ def test_on_postgresql_artifacts_are_served_from_the_database_and_no_password_is
     assert code == 0 and secret not in printed, printed
 
 
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True),
+                                               ("::1", True), ("[::1]", True), ("0.0.0.0", False), ("::", False),
+                                               ("192.168.1.5", False), ("example.org", False)])
+def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
+    from squeeze.search._dashboard import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
 def test_bad_input_is_one_sentence_and_exit_2(finished: tuple[Path, str], tmp_path: Path, monkeypatch, capfd) -> None:
     path, url = finished
     assert main(["dashboard", "nothing-here", "--storage", url]) == 2
@@ -224,6 +238,11 @@ def test_bad_input_is_one_sentence_and_exit_2(finished: tuple[Path, str], tmp_pa
         assert main(["dashboard", str(path), "--port", str(port)]) == 2
     _, err = capfd.readouterr()
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err, err
+
+    # An address of no interface here (TEST-NET-1): nothing is sent, the bind is refused.
+    assert main(["dashboard", str(path), "--host", "192.0.2.1", "--port", "0"]) == 2
+    _, err = capfd.readouterr()
+    assert "`--host` must be an address of this machine, but got '192.0.2.1'" in err and err.count("\n") == 1, err
 
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # as if the extra were not installed
     assert main(["dashboard", str(path)]) == 2
