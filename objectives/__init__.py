@@ -4,6 +4,7 @@
 from . import _cifar, _digits, _idx, _imagefolder  # noqa: F401
 from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
+from ._finalize import FinalizeSpec, accuracy_on_test, final_recipe, finalize_plan
 from ._evaluate import Judged, evaluate, latency_key, size_lower_bound, teacher_artifact
 from ._materialize import int8_engine
 from ._latency import RUNTIMES, Latency, LatencySpec, cpu_model, measure
@@ -18,6 +19,7 @@ __all__ = [
     "Arch",
     "CompressSpec",
     "DivergedError",
+    "FinalizeSpec",
     "Judged",
     "Latency",
     "LatencySpec",
@@ -29,12 +31,15 @@ __all__ = [
     "TaskLoader",
     "TrainingBudget",
     "accuracy",
+    "accuracy_on_test",
     "augment",
     "cpu_model",
     "decode",
     "decode_onnx",
     "deploy",
     "encode",
+    "final_recipe",
+    "finalize_plan",
     "evaluate",
     "int8_engine",
     "latency_key",

@@ -1,12 +1,13 @@
 """The study's life: config, storage, workers, Pareto front, plots, export and the CLI.
 
 The verbs (``run``, ``work``, ``run_workers``, ``status``, ``front``, ``plot``, ``export``, ``export_front``,
-``list_studies``) take a study file, a :class:`StudySpec`, or (for the verbs that only read) a study
+``finalize``, ``finished``, ``list_studies``) take a study file, a :class:`StudySpec`, or (for the verbs that only read) a study
 name, and are what the ``squeeze`` command calls. :func:`open_session` opens a study for work with
 parts of your own (a sampler, an objective wrapper), as the benchmarks do.
 """
 
 from ._attrs import StudyAttr, TrialAttr
+from ._finalize import Finished, finalize, finished
 from ._dashboard import dashboard
 from ._pareto import (
     FrontData,
@@ -33,6 +34,7 @@ from .samplers import SAMPLERS
 __all__ = [
     "DEFAULT_STORAGE",
     "SAMPLERS",
+    "Finished",
     "FrontData",
     "HypervolumeSample",
     "Point",
@@ -49,6 +51,8 @@ __all__ = [
     "draw",
     "export",
     "export_front",
+    "finalize",
+    "finished",
     "front",
     "front_data",
     "hypervolume",

@@ -160,12 +160,17 @@ def pareto(study: StudyArg, storage: StorageOpt = None,
     import squeeze.search as ss
 
     data = ss.front(study, storage=storage)
+    done = ss.finished(study, storage=storage)
     front_numbers = {p.number for p in data.front}
     rows = sorted(data.points, key=lambda p: p.size_bytes) if all_ else data.front
     t = data.teacher
+    # Finished models are measured on the test split, the proxies on validation: both are shown, named.
+    teacher_test = f", test {next(iter(done.values())).teacher_accuracy:.4f}" if done else ""
     table = Table(title=f"Pareto front ({len(data.front)} of {len(data.points)} trials); teacher: acc "
-                        f"{t.accuracy:.4f}, {t.size_bytes / 1024:.1f} KB, {(t.latency_ms or 0):.3f} ms")
-    for col in ("trial", "accuracy", "size KB", "latency ratio", "latency ms", "mean bits", "mean sparsity", "student", "note"):
+                        f"{t.accuracy:.4f}{teacher_test}, {t.size_bytes / 1024:.1f} KB, {(t.latency_ms or 0):.3f} ms")
+    columns = ["trial", "accuracy", *(["finished acc (test)"] if done else []), "size KB", "latency ratio", "latency ms",
+               "mean bits", "mean sparsity", "student", "note"]
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("student", "note") else "left")
     for p in rows:
         notes = []
@@ -175,7 +180,8 @@ def pareto(study: StudyArg, storage: StorageOpt = None,
             notes.append("infeasible")
         if p.reference:
             notes.append("uniform reference")
-        table.add_row(str(p.number), f"{p.accuracy:.4f}", f"{p.size_bytes / 1024:.2f}", f"{p.latency_ratio:.3f}",
+        finished_acc = [f"{done[p.number].accuracy:.4f}" if p.number in done else "-"] if done else []
+        table.add_row(str(p.number), f"{p.accuracy:.4f}", *finished_acc, f"{p.size_bytes / 1024:.2f}", f"{p.latency_ratio:.3f}",
                       f"{p.latency_ms:.3f}" if p.latency_ms is not None else "-",
                       f"{p.mean_bits:.1f}" if p.mean_bits is not None else "-",
                       f"{p.mean_sparsity:.2f}" if p.mean_sparsity is not None else "-", p.student, ", ".join(notes))
@@ -196,6 +202,7 @@ def plot(study: StudyArg, storage: StorageOpt = None,
 def export(study: StudyArg, storage: StorageOpt = None,
            trial: Annotated[Optional[int], typer.Option("--trial", help="The trial number to export.")] = None,
            front_: Annotated[bool, typer.Option("--front", help="Export every front member.")] = False,
+           final: Annotated[bool, typer.Option("--final", help="The finished artifacts (squeeze finalize), the ones to ship.")] = False,
            output: Annotated[Optional[Path], typer.Option("-o", "--output", help="A file (--trial) or a folder (--front).")] = None) -> None:
     """Write deployable artifacts: one trial to a file, or the whole front to a folder."""
     import squeeze.search as ss
@@ -204,8 +211,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
         raise SqueezeError("`squeeze export` takes exactly one of --trial N or --front.")
     if output is None:
         raise SqueezeError("`squeeze export` needs -o: a file for --trial, a folder for --front.")
-    paths = ([ss.export(study, trial=trial, out=output, storage=storage)] if trial is not None
-             else ss.export_front(study, out_dir=output, storage=storage))
+    paths = ([ss.export(study, trial=trial, out=output, storage=storage, final=final)] if trial is not None
+             else ss.export_front(study, out_dir=output, storage=storage, final=final))
     for path in paths:
         out.print(str(path), highlight=False)
 
@@ -226,6 +233,39 @@ def dashboard(study: StudyArg, storage: StorageOpt = None,
 
     ss.dashboard(study, storage=storage, host=host, port=port, on_ready=ready)
     err.print("dashboard stopped.")
+
+
+@app.command()
+def finalize(study: StudyArg, storage: StorageOpt = None, set_: SetOpt = None, data: DataOpt = None,
+             trial: Annotated[Optional[list[int]], typer.Option("--trial", help="A trial to finalize (repeat for several).")] = None,
+             front_: Annotated[bool, typer.Option("--front", help="Finalize every front member.")] = False,
+             epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of distillation (else finalize.epochs).")] = None) -> None:
+    """Train chosen trials' plans to the end, measure them on the test split and store the finished artifacts."""
+    import squeeze.search as ss
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=False)
+    tasks: dict[int, int] = {}
+
+    def progress(number: int, stage: str, step: int, steps: int) -> None:
+        if number not in tasks:
+            bar.start()
+            tasks[number] = bar.add_task(f"trial {number}: {stage}", total=steps)
+        bar.update(tasks[number], completed=step)
+
+    try:
+        results = ss.finalize(study, trials=trial or (), front=front_, epochs=epochs, storage=storage,
+                              overrides=set_ or (), data=data, progress=progress,
+                              log=lambda message: bar.console.print(message, highlight=False))
+    finally:
+        bar.stop()
+    table = Table(title="finished models (accuracy on the test split; proxy: the trial's, on validation)")
+    for col in ("trial", "proxy acc", "finished acc", "teacher acc", "size KB", "latency ratio", "latency ms", "epochs"):
+        table.add_column(col, justify="right")
+    for f in results:
+        table.add_row(str(f.trial), f"{f.proxy_accuracy:.4f}", f"{f.accuracy:.4f}", f"{f.teacher_accuracy:.4f}",
+                      f"{f.size_bytes / 1024:.2f}", f"{f.latency_ratio:.3f}", f"{f.latency_ms:.3f}", str(f.epochs))
+    out.print(table)
 
 
 @app.command()

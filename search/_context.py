@@ -100,6 +100,7 @@ def connect(spec: StudySpec, *, create: bool) -> Context:
     if existing:
         stored = st.load_config(engine, name) if _has_tables(engine) else None
         if stored is not None:
+            _refuse_two_splits(name, stored)
             difference = _diff(_comparable(stored), spec.comparable())
             if difference:
                 raise SqueezeError(f"cannot resume study {name!r}: {difference}; use a new study name.")
@@ -125,9 +126,20 @@ def connect(spec: StudySpec, *, create: bool) -> Context:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    d = {k: v for k, v in config.items() if k != "study"}
+    d = {k: v for k, v in config.items() if k not in ("study", "finalize")}
     d.get("task", {}).pop("data", None)
     return d
+
+
+def _refuse_two_splits(name: str, stored: dict[str, Any]) -> None:
+    """A study stored before the test split existed: its validation split was carved without one, so
+    resuming or finalizing it would mix samples between validation and test. It stays readable."""
+    if "test" not in stored.get("task", {}):
+        raise SqueezeError(
+            f"study {name!r} was created before studies had a test split (its stored config has no `task.test`), so "
+            f"its validation data may hold what is now test data; it opens read-only (status, pareto, plot, export), "
+            f"and searching or finalizing needs a new study name."
+        )
 
 
 def _has_tables(engine: sa.Engine) -> bool:

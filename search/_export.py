@@ -13,14 +13,15 @@ from squeeze.spaces import SqueezeError, get_family
 
 from . import _storage as st
 from ._front import front_of
+from ._finalize import final_artifact
 from ._target import Target, open_study
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def export_trial(target: Target, number: int, out: str | Path) -> Path:
-    """Write trial ``number``'s artifact to ``out``; the bytes its size was measured on."""
+def export_trial(target: Target, number: int, out: str | Path, *, final: bool = False) -> Path:
+    """Write trial ``number``'s artifact to ``out``; the bytes its size was measured on (``final``: its finished artifact)."""
     study, engine = open_study(target)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
@@ -29,27 +30,34 @@ def export_trial(target: Target, number: int, out: str | Path) -> Path:
     trial = trials[number]
     if trial.state != TrialState.COMPLETE:
         raise SqueezeError(f"trial {number} of study {target.name!r} is {trial.state.name}; only COMPLETE trials can be exported.")
-    row = st.get_artifact(engine, target.name, number)
-    if row is None:
-        raise SqueezeError(f"trial {number} of study {target.name!r} has no stored artifact.")
+    if final:
+        blob, source = final_artifact(target, number), f"the finished trial {number} of study {target.name!r}"
+    else:
+        row = st.get_artifact(engine, target.name, number)
+        if row is None:
+            raise SqueezeError(f"trial {number} of study {target.name!r} has no stored artifact.")
+        blob, source = row.data, f"trial {number} of study {target.name!r}"
     # With a study file, its family decodes the bytes; with a study name, only a built-in family can:
     # a user's factory is never imported because a database names it (the refusal asks for the file).
     family = get_family(target.spec.task.family) if target.spec is not None else None
-    decode(row.data, source=f"trial {number} of study {target.name!r}", family=family)
-    return _write(Path(out), row.data)
+    decode(blob, source=source, family=family)
+    return _write(Path(out), blob)
 
 
-def export_front(target: Target, out_dir: str | Path) -> list[Path]:
-    """Write every front member's artifact into ``out_dir`` as ``trial-<N>.squeeze``."""
+def export_front(target: Target, out_dir: str | Path, *, final: bool = False) -> list[Path]:
+    """Write every front member's artifact into ``out_dir`` as ``trial-<N>.squeeze`` (``final``: ``trial-<N>-final.squeeze``)."""
     data = front_of(target)
+    if final:
+        for p in data.front:
+            final_artifact(target, p.number)  # every one must exist: refused before anything is written
     folder = Path(out_dir)
     paths = []
     for p in data.front:
-        name = _SAFE_NAME.sub("_", f"trial-{p.number}.squeeze")
+        name = _SAFE_NAME.sub("_", f"trial-{p.number}{'-final' if final else ''}.squeeze")
         dest = (folder / name).resolve()
         if folder.resolve() not in dest.parents:
             raise SqueezeError(f"export path {dest} escapes the folder {folder}.")
-        paths.append(export_trial(target, p.number, dest))
+        paths.append(export_trial(target, p.number, dest, final=final))
     return paths
 
 

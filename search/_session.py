@@ -32,7 +32,7 @@ from .samplers import anchor_params, make_sampler, reference_params, startup_tri
 
 def _load_data(spec: StudySpec) -> TaskData:
     return load_task(spec.task.dataset, options=spec.task.options, seed=spec.study.seed, holdout=spec.task.holdout,
-                     data_dir=spec.task.data)
+                     test=spec.task.test, data_dir=spec.task.data)
 
 
 def prepare(spec: StudySpec) -> TaskData:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from squeeze.objectives import CompressSpec, LatencySpec, TrainingBudget, list_tasks, task_loader
+from squeeze.objectives import CompressSpec, FinalizeSpec, LatencySpec, TrainingBudget, list_tasks, task_loader
 from squeeze.spaces import SpaceSpec, SparsityRange, SqueezeError, get_family
 
 from .samplers import SAMPLERS
@@ -94,8 +94,11 @@ DEVICES = ("cpu", "cuda")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """``[task]``: the data set, where it lies, the held-out fraction, the teacher family and the device.
+    """``[task]``: the data set, where it lies, its splits, the teacher family and the device.
 
+    ``test`` is the share of the samples carved out as the test split when the task has none of its
+    own (MNIST's ``t10k``, CIFAR's test batch and an ImageFolder ``test/`` are used as they are);
+    ``holdout`` is the share of the rest held out as the validation split, which scores trials.
     ``dataset`` and ``family`` are registered names or a user's ``package.module:function``.
     ``device`` is where training runs (``cuda`` falls back to the CPU where no GPU is present);
     latency is always measured on the CPU, the deployment target of the int8 artifacts.
@@ -105,6 +108,7 @@ class TaskSpec:
     family: str = "cnn"
     data: str | None = None
     holdout: float = 0.3
+    test: float = 0.2
     device: str = "cpu"
     options: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
@@ -121,6 +125,8 @@ class TaskSpec:
             raise SqueezeError(f"`task.data` must be a folder path string, but got {self.data!r}.")
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not 0 < self.holdout < 1:
             raise SqueezeError(f"`task.holdout` must be a number in (0, 1), but got {self.holdout!r}.")
+        if isinstance(self.test, bool) or not isinstance(self.test, (int, float)) or not 0 < self.test < 1:
+            raise SqueezeError(f"`task.test` must be a number in (0, 1), but got {self.test!r}.")
         model = get_family(self.family).check_options(dict(self.model))
         object.__setattr__(self, "model", model)
 
@@ -160,6 +166,7 @@ class StudySpec:
     training: TrainingBudget
     compress: CompressSpec
     latency: LatencySpec
+    finalize: FinalizeSpec = field(default_factory=FinalizeSpec)
     source: str = "<string>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,9 +197,11 @@ class StudySpec:
         return self.study.seed * 10_007
 
     def comparable(self) -> dict[str, Any]:
-        """The parts a resumed study must not change: everything but ``[study]`` and the data folder."""
+        """The parts a resumed study must not change: everything but ``[study]``, the data folder and ``[finalize]``
+        (which changes no trial)."""
         d = self.to_dict()
         d.pop("study")
+        d.pop("finalize", None)
         d["task"].pop("data", None)
         return d
 
@@ -221,6 +230,7 @@ _SECTIONS: dict[str, type] = {
     "training": TrainingBudget,
     "compress": CompressSpec,
     "latency": LatencySpec,
+    "finalize": FinalizeSpec,
 }
 _FREE_TABLES = {("task", "options"), ("task", "model")}
 

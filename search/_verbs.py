@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -24,10 +25,11 @@ from . import _storage as st
 from ._context import connect
 from ._export import export_front as _export_front
 from ._export import export_trial
+from ._finalize import run_finals
 from ._front import front_of
 from ._pareto import FrontData
 from ._plots import draw
-from ._session import open_session, prepare
+from ._session import Session, open_session, prepare
 from ._spec import DEFAULT_STORAGE, StudySpec
 from ._status import Status, study_status
 from ._target import StudyRef, Target, resolve
@@ -61,7 +63,19 @@ def run(
     """
     target = resolve(study, storage=storage, overrides=overrides, trials=trials, data=data)
     spec = _needs_file(target, study, "run")
-    return open_session(spec, create=True, log=log).work(worker=worker, on_trial=on_trial)
+    return _work_then_finalize(open_session(spec, create=True, log=log), worker=worker, log=log, on_trial=on_trial)
+
+
+def _work_then_finalize(session: Session, *, worker: int, log: Callable[[str], None],
+                        on_trial: OnTrial | None) -> WorkerReport:
+    """Trials until the budget is met, then the waiting finalize jobs: workers share both kinds of work."""
+    report = session.work(worker=worker, on_trial=on_trial)
+    if not report.interrupted:
+        try:
+            run_finals(session.ctx, session.data, session.teacher, log=log)
+        except KeyboardInterrupt:
+            return replace(report, interrupted=True)
+    return report
 
 
 def work(
@@ -77,12 +91,13 @@ def work(
 ) -> WorkerReport:
     """Join an existing study as one worker (from any machine) and work until its budget is met.
 
-    Like :func:`run`, but the study must exist: a worker never creates one. ``worker`` seeds this
+    Like :func:`run`, but the study must exist: a worker never creates one. Both then take the
+    study's waiting finalize jobs (:func:`finalize`) until none waits. ``worker`` seeds this
     worker's sampler, so workers of one study should use different ids.
     """
     target = resolve(study, storage=storage, overrides=overrides, trials=trials, data=data)
     spec = _needs_file(target, study, "worker")
-    return open_session(spec, create=False, log=log).work(worker=worker, on_trial=on_trial)
+    return _work_then_finalize(open_session(spec, create=False, log=log), worker=worker, log=log, on_trial=on_trial)
 
 
 def create(study: StudyRef, *, storage: str | None = None, overrides: Sequence[str] = (),
@@ -113,18 +128,22 @@ def plot(study: StudyRef, out_dir: str | os.PathLike[str], *, storage: str | Non
     return draw(front(study, storage=storage), out_dir)
 
 
-def export(study: StudyRef, *, trial: int, out: str | os.PathLike[str], storage: str | None = None) -> Path:
+def export(study: StudyRef, *, trial: int, out: str | os.PathLike[str], storage: str | None = None,
+           final: bool = False) -> Path:
     """Write trial ``trial``'s artifact to the file ``out``: byte for byte the one that was measured.
 
-    Decoding checks the bytes first. A study that uses a user's model family needs its study file
-    (not its name): nothing named in a database is imported.
+    With ``final``, the trial's finished artifact (:func:`finalize`), the one to ship. Decoding
+    checks the bytes first. A study that uses a user's model family needs its study file (not its
+    name): nothing named in a database is imported.
     """
-    return export_trial(resolve(study, storage=storage), trial, out)
+    return export_trial(resolve(study, storage=storage), trial, out, final=final)
 
 
-def export_front(study: StudyRef, *, out_dir: str | os.PathLike[str], storage: str | None = None) -> list[Path]:
-    """Write every front member's artifact into ``out_dir`` as ``trial-<N>.squeeze``."""
-    return _export_front(resolve(study, storage=storage), out_dir)
+def export_front(study: StudyRef, *, out_dir: str | os.PathLike[str], storage: str | None = None,
+                 final: bool = False) -> list[Path]:
+    """Write every front member's artifact into ``out_dir`` as ``trial-<N>.squeeze`` (``trial-<N>-final.squeeze``
+    with ``final``: the finished ones, each of which must exist)."""
+    return _export_front(resolve(study, storage=storage), out_dir, final=final)
 
 
 def list_studies(storage: str | None = None) -> list[tuple[str, int, int]]:
