@@ -234,10 +234,16 @@ def check_teacher(
     layers = list(space.quantizable) if quantized_at else []
     removals: list[Removal] = []
     if space.spec.prune and largest > 0 and not groups:
-        try:
-            discover(teacher)
-        except GraphError as exc:
-            removals.append(Removal(ALL_PRUNING, "graph", str(exc)))
+        # A user's family remembers why its graph failed; tracing it again can take a minute (Swin).
+        known = getattr(space.family, "graph_error", None)
+        reason = known(teacher) if callable(known) else None
+        if reason is None:
+            try:
+                discover(teacher)
+            except GraphError as exc:
+                reason = str(exc)
+        if reason is not None:
+            removals.append(Removal(ALL_PRUNING, "graph", reason))
 
     def quantized(part: list[str], bits: int) -> StepFailure | None:
         return run(CompressionPlan(bits=dict.fromkeys(part, bits)), f"quantizing {len(part)} layer(s) at {bits} bits")

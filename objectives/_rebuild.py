@@ -231,7 +231,8 @@ class _SmallTensorsReal(TorchFunctionMode):
     Some builders compute their widths with tensors (torchvision's RegNet rounds them with
     ``torch.round(...).tolist()``), which a meta tensor cannot give. Each new tensor is laid out on the
     meta device first, and only a small one is made again for real, so a build still allocates nothing
-    large; the model is moved wholly to the meta device after.
+    large; the model is moved wholly to the meta device after. Used only when a build on the meta device
+    fails: a builder that copies between a large tensor and a small one would find them on two devices.
     """
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -268,10 +269,17 @@ def shape_of(arch: Arch, family: ModelFamily, *, registrations: int = MAX_REGIST
     student = {k: dict(v) for k, v in arch.student.items()}
     # Built outside any inference mode of the caller: Torch-Pruning traces through autograd.
     with torch.inference_mode(False), torch.device("meta"):
-        with _budget(registrations), _SmallTensorsReal():
-            model = family.build(options, in_channels=arch.in_channels, num_classes=arch.num_classes,
-                                 student=student or None)
-        model = model.to("meta")
+        try:
+            with _budget(registrations):
+                model = family.build(options, in_channels=arch.in_channels, num_classes=arch.num_classes,
+                                     student=student or None)
+        except TooLarge:
+            raise
+        except Exception:  # noqa: BLE001 - a builder that needs real tensors fails in its own way; try it with some
+            with _budget(registrations), _SmallTensorsReal():
+                model = family.build(options, in_channels=arch.in_channels, num_classes=arch.num_classes,
+                                     student=student or None)
+            model = model.to("meta")
         _checked_student(family, options, student)
         values = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
         modules = dict(model.named_modules())

@@ -80,7 +80,7 @@ class ModuleFamily:
         elif not callable(factory):
             raise SqueezeError(f"the factory of family {name!r} must be callable, but got a {type(factory).__name__}.")
         self.factory = factory
-        self._no_graph: set[Hashable] = set()
+        self._no_graph: dict[Hashable, str] = {}
         try:
             self._params = inspect.signature(self.factory).parameters
         except (TypeError, ValueError):
@@ -154,10 +154,15 @@ class ModuleFamily:
             return []
         try:
             return [g.leader for g in discover(model)]
-        except GraphError:
+        except GraphError as exc:
             # Nothing of it can be pruned; the study's check says why, and the rest is still searched.
-            self._no_graph.add(key)
+            self._no_graph[key] = str(exc)
             return []
+
+    def graph_error(self, model: nn.Module) -> str | None:
+        """Why ``model``'s dependency graph cannot be built (Torch-Pruning's message), or None when it can."""
+        self.prunable(model)
+        return self._no_graph.get(topology_key(model))
 
     def quantizable(self, model: nn.Module) -> list[str]:
         return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
