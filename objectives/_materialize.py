@@ -9,7 +9,6 @@ the weight scales the NNI quantizer trained.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -131,9 +130,9 @@ def _qconfig_mapping(bits: Mapping[str, int], scales: Mapping[str, torch.Tensor]
 
 def _prepare(folded: fx.GraphModule, bits: Mapping[str, int], scales: Mapping[str, torch.Tensor], example: torch.Tensor) -> fx.GraphModule:
     torch.backends.quantized.engine = ENGINE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_fx(folded, _qconfig_mapping(bits, scales), example_inputs=(example,))
+    # torch.ao's FX quantization warns that it is deprecated (its successors: torchao's pt2e quantization,
+    # and for deployment the `onnxruntime` runtime); that warning is the user's to see, so it is not hidden.
+    return prepare_fx(folded, _qconfig_mapping(bits, scales), example_inputs=(example,))
 
 
 def _observers(prepared: fx.GraphModule) -> list[str]:
@@ -198,9 +197,7 @@ def to_int8(
             raise ValueError(f"the graph has {len(names)} activation observers, but {len(values)} scales were given")
     for name, (scale, zp) in zip(names, values):
         setattr(prepared, name, FixedActivationObserver(scale, zp))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = convert_fx(prepared).eval()
+    converted = convert_fx(prepared).eval()
     return dequantize_where_needed(converted, example)
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -130,9 +129,7 @@ def export_float(folded: nn.Module, *, example: torch.Tensor) -> onnx.ModelProto
     pair = example[:1].expand(2, *example.shape[1:]).contiguous()
     quiet = io.StringIO()
     try:
-        with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
-            # The exporter reports its progress on stdout and warns about its own internals; neither is the user's.
-            warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(quiet):  # the exporter reports its progress on stdout
             program = torch.onnx.export(
                 folded, (pair,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
                 opset_version=OPSET, dynamic_shapes=({0: batch},), verbose=False, optimize=True,
@@ -259,11 +256,9 @@ def quantize(
         if stored != 8:
             weight_int8 = f"{node.input[1]}.int8"
             pre.append(helper.make_node("Cast", [node.input[1]], [weight_int8], to=TensorProto.INT8))
-        new_inits += [
-            numpy_helper.from_array(s, f"{name}.weight.scale"),
-            numpy_helper.from_array(np.zeros(len(s), np.int8), f"{name}.weight.zero"),
-        ]
-        pre.append(helper.make_node("DequantizeLinear", [weight_int8, f"{name}.weight.scale", f"{name}.weight.zero"],
+        # No zero point: the quantization is symmetric, and DequantizeLinear takes 0 when none is given.
+        new_inits.append(numpy_helper.from_array(s, f"{name}.weight.scale"))
+        pre.append(helper.make_node("DequantizeLinear", [weight_int8, f"{name}.weight.scale"],
                                     [f"{node.input[1]}.dq"], axis=0))
         node.input[1] = f"{node.input[1]}.dq"
         if len(node.input) > 2 and node.input[2]:
@@ -352,7 +347,40 @@ def build_model(
         quantize(model, plan=plan, scales=scales, activations=activations)
     model.producer_name = "squeeze-search"
     model.producer_version = ""
+    _compact(model)
     return model
+
+
+def _compact(model: onnx.ModelProto) -> None:
+    """Give every tensor but the graph's input and output and the layers' parameters a short name.
+
+    The file's bytes are the size objective, and names such as ``stages.1.0.conv.bias.dq`` would
+    cost more than some layers' weights. A parameter keeps its module's name (``classifier.weight``).
+    """
+    graph = model.graph
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    keep |= {t.name for t in graph.initializer if t.name.endswith((".weight", ".bias"))}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in short:
+            number = len(short)
+            digits = ""
+            while True:
+                number, rest = divmod(number, 36)
+                digits = "0123456789abcdefghijklmnopqrstuvwxyz"[rest] + digits
+                if not number:
+                    break
+            short[name] = f"_{digits}"
+        return short[name]
+
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for node in graph.node:
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
 
 
 def serialize(

@@ -37,6 +37,8 @@ class TrialAttr:
     """Weights each quantized layer keeps: what one bit more or less on a layer costs."""
     ARTIFACT_SHA256 = "artifact_sha256"
     """SHA-256 of the stored artifact's bytes."""
+    RUNTIME = "runtime"
+    """The runtime the artifact is stored, measured and exported in: ``torch`` (an SQZ1 file) or ``onnxruntime`` (ONNX)."""
     TIMINGS_S = "timings_s"
     """Seconds spent in each stage of the trial."""
     FEASIBLE = "feasible"
@@ -86,10 +88,6 @@ class StudyAttr:
     """Set once the references and anchors are enqueued, so they are enqueued once."""
     TEACHER_ACCURACY = "teacher_accuracy"
     TEACHER_BYTES = "teacher_bytes"
-    SPACE_CHECK = "space_check"
-    """What the check before the search took out of the space (each part, step and message) and what stays searched."""
-    SPACE_FENCED = "space_fenced"
-    """Parts of the space fenced after a trial failed on them alone: never proposed again (``docs/check.md``)."""
     TEACHER_LATENCY_MS = "teacher_latency_ms"
     TEACHER_SHA256 = "teacher_sha256"
     """The teacher's measured validation accuracy, artifact bytes, latency and weights' digest."""
@@ -108,5 +106,6 @@ def judged_attrs(judged: Judged) -> dict[str, Any]:
         TrialAttr.LATENCY_REUSED: judged.latency_reused,
         TrialAttr.WEIGHTS: dict(judged.weights),
         TrialAttr.ARTIFACT_SHA256: judged.sha256,
+        TrialAttr.RUNTIME: judged.latency.runtime,
         TrialAttr.TIMINGS_S: dict(judged.timings),
     }

@@ -114,32 +114,6 @@ def _work(verb, study: str, *, worker: int, storage: str | None, overrides: list
 
 
 @app.command()
-def check(study: StudyArg, storage: StorageOpt = None, set_: SetOpt = None, data: DataOpt = None) -> None:
-    """Check what of a study's model can be pruned, quantized and built as students; writes nothing."""
-    import squeeze.search as ss
-    from rich.progress import SpinnerColumn
-
-    bar = Progress(SpinnerColumn(), TextColumn("check: attempt {task.completed:.0f}, {task.description}"),
-                   TimeElapsedColumn(), console=err, transient=True)
-    task = bar.add_task("the teacher", total=None)
-
-    def progress(part: str) -> None:
-        bar.start()  # once the data is read and the model built: bad input is one sentence, no bar before it
-        bar.update(task, advance=1, description=part)
-
-    try:
-        result = ss.check(study, storage=storage, overrides=set_ or (), data=data, progress=progress)
-    finally:
-        bar.stop()
-    for removal in result.removals:
-        out.print(f"taken out of the space: {removal.describe()}", highlight=False)
-    out.print(f"searching: {'; '.join(result.searched)}", highlight=False)
-    out.print(f"groups {result.groups_pruned} of {result.groups} prune, layers {result.layers_quantized} of "
-              f"{result.layers} quantize, students {result.students_built} of {result.students} build "
-              f"({result.attempts} attempts, {result.seconds:.1f} s)", highlight=False)
-
-
-@app.command()
 def status(study: StudyArg, storage: StorageOpt = None) -> None:
     """Trials by state, live workers, retries, front size and hypervolume."""
     import squeeze.search as ss
@@ -155,6 +129,8 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     table.add_row("live workers", str(s.live_workers))
     table.add_row("front size", str(s.front_size))
     table.add_row("hypervolume", f"{s.hypervolume:.4f}" if s.hypervolume is not None else "-")
+    if s.runtime:
+        table.add_row("runtime", f"{s.runtime} ({'ONNX models' if s.runtime == 'onnxruntime' else 'SQZ1 artifacts'})")
     if s.sampler_ms is not None:
         share = f" ({s.sampler_ms / 10 / s.trial_s:.1f}% of a {s.trial_s:.2f} s trial)" if s.trial_s else ""
         table.add_row("sampler", f"{s.sampler}, {s.sampler_ms:.2f} ms a trial{share}")
@@ -177,10 +153,6 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     out.print(table)
     for number, error in s.errors:
         out.print(f"trial {number} failed: {error}", highlight=False)
-    if s.searched:
-        out.print(f"searching: {'; '.join(s.searched)}", highlight=False)
-    for line in s.taken_out:
-        out.print(f"taken out of the space: {line}", highlight=False)
 
 
 @app.command()
@@ -233,7 +205,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
            trial: Annotated[Optional[int], typer.Option("--trial", help="The trial number to export.")] = None,
            front_: Annotated[bool, typer.Option("--front", help="Export every front member.")] = False,
            final: Annotated[bool, typer.Option("--final", help="The finished artifacts (squeeze finalize), the ones to ship.")] = False,
-           output: Annotated[Optional[Path], typer.Option("-o", "--output", help="A file (--trial) or a folder (--front).")] = None) -> None:
+           output: Annotated[Optional[Path], typer.Option("-o", "--output", help="A file (--trial) or a folder (--front).")] = None,
+           format_: Annotated[Optional[str], typer.Option("--format", help="onnx or squeeze: must be what the study's runtime stored (onnxruntime: onnx; torch: squeeze).")] = None) -> None:
     """Write deployable artifacts: one trial to a file, or the whole front to a folder."""
     import squeeze.search as ss
 
@@ -241,8 +214,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
         raise SqueezeError("`squeeze export` takes exactly one of --trial N or --front.")
     if output is None:
         raise SqueezeError("`squeeze export` needs -o: a file for --trial, a folder for --front.")
-    paths = ([ss.export(study, trial=trial, out=output, storage=storage, final=final)] if trial is not None
-             else ss.export_front(study, out_dir=output, storage=storage, final=final))
+    paths = ([ss.export(study, trial=trial, out=output, storage=storage, final=final, format=format_)] if trial is not None
+             else ss.export_front(study, out_dir=output, storage=storage, final=final, format=format_))
     for path in paths:
         out.print(str(path), highlight=False)
 

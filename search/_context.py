@@ -128,6 +128,9 @@ def connect(spec: StudySpec, *, create: bool) -> Context:
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     d = {k: v for k, v in config.items() if k not in ("study", "finalize")}
     d.get("task", {}).pop("data", None)
+    if isinstance(d.get("latency"), dict):
+        # A study stored before `latency.runtime` existed ran in torch.
+        d["latency"] = {"runtime": "torch", **d["latency"]}
     return d
 
 

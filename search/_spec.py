@@ -22,6 +22,9 @@ from squeeze.spaces import SpaceSpec, SparsityRange, SqueezeError, get_family
 from .samplers import SAMPLERS
 
 DEFAULT_STORAGE = "sqlite:///studies/squeeze.db"
+DEFAULT_RUNTIME = "onnxruntime"
+"""``latency.runtime`` of a new study whose file does not name one (README, "Runtimes": why). A study stored
+before runtimes existed ran in ``torch``, and is read so (``LatencySpec``'s own default)."""
 OBJECTIVES = ("accuracy", "size", "latency")
 
 
@@ -348,6 +351,9 @@ def spec_from_dict(doc: Mapping[str, Any], *, source: str = "<string>") -> Study
     study = doc.get("study", {})
     if isinstance(study, Mapping) and "name" not in study:
         raise SqueezeError(f"`study.name` is missing in {source}; every study needs a name.")
+    latency = doc.get("latency", {})
+    if isinstance(latency, Mapping) and "runtime" not in latency:
+        doc = {**doc, "latency": {**latency, "runtime": DEFAULT_RUNTIME}}
     built = {section: _build(section, cls, doc.get(section, {}), source) for section, cls in _SECTIONS.items()}
     return StudySpec(**built, source=source)
 

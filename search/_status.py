@@ -10,7 +10,6 @@ from optuna.trial import TrialState
 
 from . import _storage as st
 from ._attrs import TrialAttr
-from ._check import narrowing_of, stored_check
 from ._context import GRACE_S
 from ._pareto import Teacher, hypervolume, pareto_front, references_beaten
 from ._readers import points, teacher_of
@@ -51,10 +50,8 @@ class Status:
     """Of the local moves, those that made a uniform reference smaller (``local_kind`` ``"reference"``)."""
     references_beaten: tuple[tuple[int, int | None], ...] = ()
     """Each completed uniform reference's trial, with the smallest front trial that dominates it (None: none does)."""
-    taken_out: tuple[str, ...] = ()
-    """What the study's check and its failed trials took out of the space, one line each (part, step, message)."""
-    searched: tuple[str, ...] = ()
-    """What the check left to search (empty for a study stored before checks)."""
+    runtime: str | None = None
+    """Where the study's artifacts run and were measured: ``torch`` (SQZ1 files) or ``onnxruntime`` (ONNX models)."""
 
 
 def study_status(target: Target) -> Status:
@@ -79,11 +76,13 @@ def study_status(target: Target) -> Status:
     stopped = [t for t in trials if t.state == TrialState.PRUNED and TrialAttr.STOPPED_EARLY in t.user_attrs]
     measured = [t for t in trials if t.state == TrialState.COMPLETE and TrialAttr.LATENCY_REUSED in t.user_attrs]
     reused = sum(1 for t in measured if t.user_attrs[TrialAttr.LATENCY_REUSED])
-    check = stored_check(study)
+    # The stored config is what the study ran with; one stored before runtimes existed ran in torch.
+    latency = (stored or {}).get("latency")
+    runtime = (latency.get("runtime", "torch") if isinstance(latency, dict)
+               else target.spec.latency.runtime if target.spec else None)
     return Status(
         target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors,
-        taken_out=tuple(r.describe() for r in narrowing_of(study.user_attrs).removals),
-        searched=check.searched if check else (),
+        runtime=runtime,
         sampler=recent[-1].user_attrs.get(TrialAttr.SAMPLER) if recent else None,
         sampler_ms=statistics.median(t.user_attrs[TrialAttr.SAMPLER_MS] for t in recent) if recent else None,
         trial_s=statistics.median(timed) if timed else None,

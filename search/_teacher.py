@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import torch
 
-from squeeze.objectives import TaskData, accuracy, decode, measure, teacher_artifact, train_teacher, training_device
+from squeeze.objectives import TaskData, accuracy, deploy, measure, teacher_artifact, train_teacher, training_device
 from squeeze.spaces import SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
@@ -28,7 +28,7 @@ from ._study_views import write_note_once
 
 @dataclass
 class TeacherBundle:
-    """The study's teacher: the float model (students start from it), its deployed artifact and its figures."""
+    """The study's teacher: the float model (students start from it), its deployed artifact (in the study's runtime) and its figures."""
 
     model: torch.nn.Module
     deployed: torch.nn.Module
@@ -71,8 +71,9 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
                 train_teacher(model, data.x_train, data.y_train, budget=spec.training, seed=spec.study.seed,
                               device=training_device(spec.task.device))
             weights = _state_bytes(model)
-            art = teacher_artifact(model, family=family, options=spec.task.model, data=data)
-            deployed = decode(art, family=family).module
+            # The teacher in the study's runtime: an SQZ1 artifact (torch) or an ONNX model (onnxruntime).
+            art = teacher_artifact(model, family=family, options=spec.task.model, data=data, runtime=spec.latency.runtime)
+            deployed = deploy(art, runtime=spec.latency.runtime, family=family, threads=spec.latency.threads)
             acc = accuracy(deployed, data.x_holdout, data.y_holdout)
             lat = measure(deployed, deployed, data.x_train[:1], spec=spec.latency)
             st.store_teacher(ctx.engine, spec.study.name, owner, weights=weights, artifact=art,
@@ -105,7 +106,8 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
         ) from None
     model.eval()
     # The family is the study file's, never a name read from the stored bytes (the database may come from elsewhere).
-    deployed = decode(row.artifact, source=f"the stored teacher of study {spec.study.name!r}", family=family).module
+    deployed = deploy(row.artifact, runtime=spec.latency.runtime, family=family, threads=spec.latency.threads,
+                      source=f"the stored teacher of study {spec.study.name!r}")
     return TeacherBundle(model=model, deployed=deployed, accuracy=row.accuracy, size_bytes=row.size_bytes,
                          latency_ms=row.latency_ms, sha256=row.sha256)
 

@@ -1,4 +1,4 @@
-"""The public verbs: run, work, check, front, plot, list_studies. Every ``squeeze`` command is one call here or in
+"""The public verbs: run, work, front, plot, list_studies. Every ``squeeze`` command is one call here or in
 :mod:`squeeze.search`'s other verbs (status, export), so nothing the CLI does is impossible from Python.
 
 A verb's ``study`` is a study file (``*.toml``), a :class:`StudySpec`, or, for the verbs that only read,
@@ -22,7 +22,6 @@ from optuna.trial import TrialState
 from squeeze.spaces import SqueezeError
 
 from . import _storage as st
-from ._check import SpaceCheck, check_new_study, record_check, run_check
 from ._context import connect
 from ._export import export_front as _export_front
 from ._export import export_trial
@@ -110,23 +109,8 @@ def create(study: StudyRef, *, storage: str | None = None, overrides: Sequence[s
     """
     target = resolve(study, storage=storage, overrides=overrides, data=data)
     spec = _needs_file(target, study, "run")
-    data_ = prepare(spec)
-    checked = check_new_study(spec, data_)
-    record_check(connect(spec, create=True), checked, data_)
-
-
-def check(study: StudyRef, *, storage: str | None = None, overrides: Sequence[str] = (), data: str | None = None,
-          progress: Callable[[str], None] | None = None) -> SpaceCheck:
-    """Run a study file's compressibility check alone and write nothing: what it would take out of the space.
-
-    The teacher (untrained, from the study's seed, or its checkpoint) has each prunable group pruned
-    once, each layer quantized and materialized once, and each student knob choice built
-    (``docs/check.md``). A study with nothing left to search is a SqueezeError, one sentence.
-    ``progress(part)`` is called before each attempt.
-    """
-    target = resolve(study, storage=storage, overrides=overrides, data=data)
-    spec = _needs_file(target, study, "check")
-    return run_check(spec, prepare(spec), progress=progress)
+    prepare(spec)
+    connect(spec, create=True)
 
 
 def status(study: StudyRef, *, storage: str | None = None) -> Status:
@@ -145,21 +129,24 @@ def plot(study: StudyRef, out_dir: str | os.PathLike[str], *, storage: str | Non
 
 
 def export(study: StudyRef, *, trial: int, out: str | os.PathLike[str], storage: str | None = None,
-           final: bool = False) -> Path:
+           final: bool = False, format: str | None = None) -> Path:
     """Write trial ``trial``'s artifact to the file ``out``: byte for byte the one that was measured.
 
     With ``final``, the trial's finished artifact (:func:`finalize`), the one to ship. Decoding
     checks the bytes first. A study that uses a user's model family needs its study file (not its
-    name): nothing named in a database is imported.
+    name): nothing named in a database is imported. An ``onnxruntime`` study's artifacts are ONNX
+    models; ``format`` (``"onnx"`` or ``"squeeze"``), when given, must be the one the study stored:
+    ``"onnx"`` on a ``torch`` study is refused, not converted (a conversion is not what was measured).
     """
-    return export_trial(resolve(study, storage=storage), trial, out, final=final)
+    return export_trial(resolve(study, storage=storage), trial, out, final=final, format=format)
 
 
 def export_front(study: StudyRef, *, out_dir: str | os.PathLike[str], storage: str | None = None,
-                 final: bool = False) -> list[Path]:
+                 final: bool = False, format: str | None = None) -> list[Path]:
     """Write every front member's artifact into ``out_dir`` as ``trial-<N>.squeeze`` (``trial-<N>-final.squeeze``
-    with ``final``: the finished ones, each of which must exist)."""
-    return _export_front(resolve(study, storage=storage), out_dir, final=final)
+    with ``final``: the finished ones, each of which must exist); ``trial-<N>.onnx`` for an ``onnxruntime``
+    study. ``format`` as for :func:`export`."""
+    return _export_front(resolve(study, storage=storage), out_dir, final=final, format=format)
 
 
 def list_studies(storage: str | None = None) -> list[tuple[str, int, int]]:

@@ -60,6 +60,7 @@ qat_steps = 5
 batch_size = 64
 
 [latency]
+runtime = "torch"
 repeats = 5
 warmup = 1
 min_round_ms = 0.5

@@ -52,6 +52,14 @@ def _inits(blob: bytes) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in onnx.load_from_string(blob).graph.initializer}
 
 
+def _weight_dq(blob: bytes, layer: str) -> onnx.NodeProto:
+    """The DequantizeLinear that gives ``layer``'s weight to its Conv or Gemm (through a Cast for int4 and int2)."""
+    nodes = onnx.load_from_string(blob).graph.node
+    source = {f"{layer}.weight"} | {n.output[0] for n in nodes if n.op_type == "Cast" and n.input[0] == f"{layer}.weight"}
+    (dq,) = [n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in source]
+    return dq
+
+
 def test_the_teacher_model_is_the_teacher_and_says_what_it_takes(setup) -> None:
     data, _, _, teacher, blob = setup
     model = deploy(blob, runtime="onnxruntime")
@@ -79,8 +87,9 @@ def test_qdq_weights_carry_exactly_the_nni_scales_and_match_the_torch_artifact(s
     state = folded.state_dict()
     for layer, bits in plan.bits.items():
         s = scales[layer].float().numpy()
-        assert np.array_equal(numpy_helper.to_array(inits[f"{layer}.weight.scale"]), s)
-        assert not numpy_helper.to_array(inits[f"{layer}.weight.zero"]).any()
+        dq = _weight_dq(blob, layer)
+        assert np.array_equal(numpy_helper.to_array(inits[dq.input[1]]), s)
+        assert len(dq.input) == 2 and dq.attribute[0].name == "axis" and dq.attribute[0].i == 0  # symmetric: no zero point
         stored = inits[f"{layer}.weight"]
         assert stored.data_type == (TensorProto.INT4 if bits == 4 else TensorProto.INT8)
         w = state[f"{layer}.weight"].numpy()

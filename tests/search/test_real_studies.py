@@ -93,7 +93,7 @@ def test_resnet18_on_real_mnist_runs_to_the_end(tmp_path: Path, capfd, mnist_dir
         capfd, "run", str(REPO / "studies" / "resnet18_mnist.toml"), "--data", str(mnist_dir), "--trials", "2",
         "--storage", f"sqlite:///{db}", *TINY_RUN,
         "--set", "task.options.limit=160", "--set", "task.options.holdout_limit=80", "--set", "task.options.input_size=16",
-        "--set", "task.model.widths=[8, 8, 16, 16]",
+        "--set", "task.model.widths=[8, 8, 16, 16]", "--set", "latency.runtime=torch",
     )
     assert code == 0, out + err
     trials = _complete(db, "resnet18_mnist")

@@ -49,6 +49,7 @@ qat_steps = 2
 batch_size = 64
 
 [latency]
+runtime = "torch"
 repeats = 3
 warmup = 1
 min_round_ms = 0.5
