@@ -3,6 +3,7 @@
 # Importing the loaders registers the built-in tasks (digits, mnist, fashion_mnist, cifar10, cifar100, imagefolder).
 from . import _cifar, _digits, _idx, _imagefolder  # noqa: F401
 from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
+from ._check import CheckReport, StepFailure, check_teacher, isolate, try_plan
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
 from ._finalize import FinalizeSpec, accuracy_on_test, final_recipe, finalize_plan
 from ._evaluate import Judged, evaluate, latency_key, size_lower_bound, teacher_artifact
@@ -17,6 +18,7 @@ __all__ = [
     "QUANTIZERS",
     "RUNTIMES",
     "Arch",
+    "CheckReport",
     "CompressSpec",
     "DivergedError",
     "FinalizeSpec",
@@ -27,12 +29,14 @@ __all__ = [
     "LoadedOnnx",
     "OrtModel",
     "Recipe",
+    "StepFailure",
     "TaskData",
     "TaskLoader",
     "TrainingBudget",
     "accuracy",
     "accuracy_on_test",
     "augment",
+    "check_teacher",
     "cpu_model",
     "decode",
     "decode_onnx",
@@ -42,6 +46,7 @@ __all__ = [
     "finalize_plan",
     "evaluate",
     "int8_engine",
+    "isolate",
     "latency_key",
     "size_lower_bound",
     "list_tasks",
@@ -55,5 +60,6 @@ __all__ = [
     "teacher_artifact",
     "train_teacher",
     "training_device",
+    "try_plan",
     "unregister_task",
 ]

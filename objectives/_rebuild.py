@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import fx
 from torch.nn.modules import module as nn_module
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 
 from squeeze.spaces import ModelFamily, family_named, list_families
 
@@ -219,6 +221,30 @@ def _checked_student(family: ModelFamily, options: Mapping[str, Any], student: M
                 raise ValueError(f"`student.{kind}.{key}` must be one of {list(knob.choices)[:8]}, but got {_shown(value)}")
 
 
+SMALL_TENSOR = 4096
+"""Values of a tensor that a build may create for real: what a builder computes its widths with, never a layer."""
+
+
+class _SmallTensorsReal(TorchFunctionMode):
+    """Inside a meta-device build, tensors of at most :data:`SMALL_TENSOR` values are created on the CPU.
+
+    Some builders compute their widths with tensors (torchvision's RegNet rounds them with
+    ``torch.round(...).tolist()``), which a meta tensor cannot give. Each new tensor is laid out on the
+    meta device first, and only a small one is made again for real, so a build still allocates nothing
+    large; the model is moved wholly to the meta device after. Used only when a build on the meta device
+    fails: a builder that copies between a large tensor and a small one would find them on two devices.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _device_constructors() and kwargs.get("device") is None:
+            laid_out = func(*args, **{**kwargs, "device": "meta"})
+            if isinstance(laid_out, torch.Tensor) and laid_out.numel() <= SMALL_TENSOR:
+                return func(*args, **{**kwargs, "device": "cpu"})
+            return laid_out
+        return func(*args, **kwargs)
+
+
 class Shape(NamedTuple):
     """A network laid out on the meta device: what :func:`shape_of` returns."""
 
@@ -243,9 +269,17 @@ def shape_of(arch: Arch, family: ModelFamily, *, registrations: int = MAX_REGIST
     student = {k: dict(v) for k, v in arch.student.items()}
     # Built outside any inference mode of the caller: Torch-Pruning traces through autograd.
     with torch.inference_mode(False), torch.device("meta"):
-        with _budget(registrations):
-            model = family.build(options, in_channels=arch.in_channels, num_classes=arch.num_classes,
-                                 student=student or None)
+        try:
+            with _budget(registrations):
+                model = family.build(options, in_channels=arch.in_channels, num_classes=arch.num_classes,
+                                     student=student or None)
+        except TooLarge:
+            raise
+        except Exception:  # noqa: BLE001 - a builder that needs real tensors fails in its own way; try it with some
+            with _budget(registrations), _SmallTensorsReal():
+                model = family.build(options, in_channels=arch.in_channels, num_classes=arch.num_classes,
+                                     student=student or None)
+            model = model.to("meta")
         _checked_student(family, options, student)
         values = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
         modules = dict(model.named_modules())

@@ -1,12 +1,13 @@
 """The study's life: config, storage, workers, Pareto front, plots, export and the CLI.
 
-The verbs (``run``, ``work``, ``run_workers``, ``status``, ``front``, ``plot``, ``export``, ``export_front``,
+The verbs (``run``, ``work``, ``run_workers``, ``check``, ``status``, ``front``, ``plot``, ``export``, ``export_front``,
 ``finalize``, ``finished``, ``list_studies``) take a study file, a :class:`StudySpec`, or (for the verbs that only read) a study
 name, and are what the ``squeeze`` command calls. :func:`open_session` opens a study for work with
 parts of your own (a sampler, an objective wrapper), as the benchmarks do.
 """
 
 from ._attrs import StudyAttr, TrialAttr
+from ._check import SpaceCheck
 from ._finalize import Finished, finalize, finished
 from ._dashboard import dashboard
 from ._pareto import (
@@ -27,7 +28,7 @@ from ._readers import points
 from ._session import Session, open_session, prepare, work_on
 from ._spec import DEFAULT_STORAGE, StudySpec, load_spec, parse_override, spec_from_dict
 from ._status import Status
-from ._verbs import create, export, export_front, front, list_studies, plot, run, run_workers, status, work
+from ._verbs import check, create, export, export_front, front, list_studies, plot, run, run_workers, status, work
 from ._workers import WorkerReport, worker_seed
 from .samplers import SAMPLERS
 
@@ -39,12 +40,14 @@ __all__ = [
     "HypervolumeSample",
     "Point",
     "Session",
+    "SpaceCheck",
     "Status",
     "StudyAttr",
     "StudySpec",
     "Teacher",
     "TrialAttr",
     "WorkerReport",
+    "check",
     "create",
     "dashboard",
     "dominates",

@@ -114,6 +114,32 @@ def _work(verb, study: str, *, worker: int, storage: str | None, overrides: list
 
 
 @app.command()
+def check(study: StudyArg, storage: StorageOpt = None, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Check what of a study's model can be pruned, quantized and built as students; writes nothing."""
+    import squeeze.search as ss
+    from rich.progress import SpinnerColumn
+
+    bar = Progress(SpinnerColumn(), TextColumn("check: attempt {task.completed:.0f}, {task.description}"),
+                   TimeElapsedColumn(), console=err, transient=True)
+    task = bar.add_task("the teacher", total=None)
+
+    def progress(part: str) -> None:
+        bar.start()  # once the data is read and the model built: bad input is one sentence, no bar before it
+        bar.update(task, advance=1, description=part)
+
+    try:
+        result = ss.check(study, storage=storage, overrides=set_ or (), data=data, progress=progress)
+    finally:
+        bar.stop()
+    for removal in result.removals:
+        out.print(f"taken out of the space: {removal.describe()}", highlight=False)
+    out.print(f"searching: {'; '.join(result.searched)}", highlight=False)
+    out.print(f"groups {result.groups_pruned} of {result.groups} prune, layers {result.layers_quantized} of "
+              f"{result.layers} quantize, students {result.students_built} of {result.students} build "
+              f"({result.attempts} attempts, {result.seconds:.1f} s)", highlight=False)
+
+
+@app.command()
 def status(study: StudyArg, storage: StorageOpt = None) -> None:
     """Trials by state, live workers, retries, front size and hypervolume."""
     import squeeze.search as ss
@@ -153,6 +179,10 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     out.print(table)
     for number, error in s.errors:
         out.print(f"trial {number} failed: {error}", highlight=False)
+    if s.searched:
+        out.print(f"searching: {'; '.join(s.searched)}", highlight=False)
+    for line in s.taken_out:
+        out.print(f"taken out of the space: {line}", highlight=False)
 
 
 @app.command()

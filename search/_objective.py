@@ -9,11 +9,12 @@ from typing import Any
 import optuna
 
 from squeeze.objectives import TaskData, evaluate
-from squeeze.spaces import JointSpace, get_family
+from squeeze.spaces import get_family
 
 from . import _storage as st
 from ._artifact_store import artifact_name, register_artifact
 from ._attrs import TrialAttr, judged_attrs
+from ._check import StudySpace
 from ._context import Context
 from ._early import EarlyStop, StoppedEarly
 from ._latencies import LatencyBook
@@ -44,7 +45,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
     """
     spec = ctx.spec
     family = get_family(spec.task.family)
-    space = JointSpace(family, spec.task.model, spec.space, teacher=teacher.model)
+    spaces = StudySpace(ctx, teacher=teacher.model, data=data)
 
     early = EarlyStop(spec, data=data, family=family)
     book = LatencyBook()
@@ -52,6 +53,8 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
     def objective(trial: optuna.Trial) -> tuple[tuple[float, float, float], dict[str, Any]]:
         started = time.perf_counter()
 
+        # The space as the study's check and its fences (from any worker) leave it now.
+        space = spaces.current(trial.study)
         params = space.suggest(trial)
         write_params(trial)  # a retry after this worker dies runs the same plan
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
@@ -70,6 +73,10 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
         except StoppedEarly as stop:
             for key, violation in stop.constraints.items():
                 trial.set_constraint(key, violation)
+            raise
+        except Exception:
+            # A part of the plan that fails alone is fenced, so the next trial is not failed the same way.
+            spaces.fence_failure(trial.number, plan)
             raise
         early.finished(time.perf_counter() - started)
         attrs = judged_attrs(judged) | {TrialAttr.WORKER: socket.gethostname()}

@@ -18,6 +18,7 @@ from squeeze.spaces import CompressionPlan, JointSpace, SqueezeError, checkpoint
 
 from . import _storage as st
 from ._attrs import StudyAttr, TrialAttr
+from ._check import check_new_study, record_check
 from ._context import Context, connect, quiet_optuna
 from ._latencies import LatencyBook
 from ._objective import network_objective
@@ -139,14 +140,18 @@ class Session:
 
 
 def open_session(spec: StudySpec, *, create: bool = True, log: Callable[[str], None] = lambda _: None) -> Session:
-    """Open ``spec``'s study for work: data, study (created when ``create``), teacher, references, objective.
+    """Open ``spec``'s study for work: data, study (created when ``create``), check, teacher, references, objective.
 
-    Bad input is found before anything is written: the data is read and the model built first.
+    Bad input is found before anything is written: the data is read, the model built and, for a new
+    study, what can be compressed checked first (a study with nothing to search is refused there).
     """
     data = prepare(spec)
+    check = check_new_study(spec, data, log=log) if create else None
     ctx = connect(spec, create=create)
+    narrowing = record_check(ctx, check, data)
     teacher = ensure_teacher(ctx, data, log=log)
-    space = JointSpace(get_family(spec.task.family), spec.task.model, spec.space, teacher=teacher.model)
+    space = JointSpace(get_family(spec.task.family), spec.task.model, spec.space, teacher=teacher.model,
+                       narrowing=narrowing)
     enqueue_references(ctx, space)
     return Session(ctx=ctx, data=data, teacher=teacher, space=space,
                    objective=network_objective(ctx, data=data, teacher=teacher))

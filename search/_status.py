@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from . import _storage as st
 from ._attrs import TrialAttr
+from ._check import narrowing_of, stored_check
 from ._context import GRACE_S
 from ._pareto import Teacher, hypervolume, pareto_front, references_beaten
 from ._readers import points, teacher_of
@@ -52,6 +53,10 @@ class Status:
     """Each completed uniform reference's trial, with the smallest front trial that dominates it (None: none does)."""
     runtime: str | None = None
     """Where the study's artifacts run and were measured: ``torch`` (SQZ1 files) or ``onnxruntime`` (ONNX models)."""
+    taken_out: tuple[str, ...] = ()
+    """What the study's check and its failed trials took out of the space, one line each (part, step, message)."""
+    searched: tuple[str, ...] = ()
+    """What the check left to search (empty for a study stored before checks)."""
 
 
 def study_status(target: Target) -> Status:
@@ -80,9 +85,12 @@ def study_status(target: Target) -> Status:
     latency = (stored or {}).get("latency")
     runtime = (latency.get("runtime", "torch") if isinstance(latency, dict)
                else target.spec.latency.runtime if target.spec else None)
+    check = stored_check(study)
     return Status(
         target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors,
         runtime=runtime,
+        taken_out=tuple(r.describe() for r in narrowing_of(study.user_attrs).removals),
+        searched=check.searched if check else (),
         sampler=recent[-1].user_attrs.get(TrialAttr.SAMPLER) if recent else None,
         sampler_ms=statistics.median(t.user_attrs[TrialAttr.SAMPLER_MS] for t in recent) if recent else None,
         trial_s=statistics.median(timed) if timed else None,

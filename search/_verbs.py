@@ -1,4 +1,4 @@
-"""The public verbs: run, work, front, plot, list_studies. Every ``squeeze`` command is one call here or in
+"""The public verbs: run, work, check, front, plot, list_studies. Every ``squeeze`` command is one call here or in
 :mod:`squeeze.search`'s other verbs (status, export), so nothing the CLI does is impossible from Python.
 
 A verb's ``study`` is a study file (``*.toml``), a :class:`StudySpec`, or, for the verbs that only read,
@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from squeeze.spaces import SqueezeError
 
 from . import _storage as st
+from ._check import SpaceCheck, check_new_study, record_check, run_check
 from ._context import connect
 from ._export import export_front as _export_front
 from ._export import export_trial
@@ -109,8 +110,23 @@ def create(study: StudyRef, *, storage: str | None = None, overrides: Sequence[s
     """
     target = resolve(study, storage=storage, overrides=overrides, data=data)
     spec = _needs_file(target, study, "run")
-    prepare(spec)
-    connect(spec, create=True)
+    data_ = prepare(spec)
+    checked = check_new_study(spec, data_)
+    record_check(connect(spec, create=True), checked, data_)
+
+
+def check(study: StudyRef, *, storage: str | None = None, overrides: Sequence[str] = (), data: str | None = None,
+          progress: Callable[[str], None] | None = None) -> SpaceCheck:
+    """Run a study file's compressibility check alone and write nothing: what it would take out of the space.
+
+    The teacher (untrained, from the study's seed, or its checkpoint) has each prunable group pruned
+    once, each layer quantized and materialized once, and each student knob choice built
+    (``docs/check.md``). A study with nothing left to search is a SqueezeError, one sentence.
+    ``progress(part)`` is called before each attempt.
+    """
+    target = resolve(study, storage=storage, overrides=overrides, data=data)
+    spec = _needs_file(target, study, "check")
+    return run_check(spec, prepare(spec), progress=progress)
 
 
 def status(study: StudyRef, *, storage: str | None = None) -> Status:

@@ -11,9 +11,11 @@ its group is never offered.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,51 @@ PROBE_SIZES = (32, 28, 64, 224, 16, 8)
 is used to trace the graph (groups do not depend on it for networks that pool globally)."""
 
 _ROOTS = (nn.Conv2d, nn.Linear)
+
+
+GRAPH_MEMORY = 1024**3
+"""Bytes of address space Torch-Pruning may take while it builds a graph, besides eight times the model's weights.
+
+On some networks (torchvision's Swin) its index mappings grow until the machine runs out of memory;
+the cap turns that into a :class:`GraphError` (pruning off) instead."""
+
+
+@contextlib.contextmanager
+def memory_cap(model: nn.Module) -> Iterator[None]:
+    """Cap this process's address space at its size now plus :data:`GRAPH_MEMORY` and 8x ``model``'s weights.
+
+    Where the platform cannot (no ``resource`` module, no ``/proc``), or a tighter cap is already
+    set, nothing changes. The cap is lifted on leaving, whatever happened inside.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/statm", encoding="ascii") as f:
+            size = int(f.read().split()[0]) * resource.getpagesize()
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cap = size + GRAPH_MEMORY + 8 * weights
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+class GraphError(RuntimeError):
+    """Torch-Pruning cannot build the dependency graph of a network (its message says why).
+
+    Not bad input: a network whose graph cannot be traced is still searched over bit-widths and
+    students, with pruning off (``squeeze check`` says so).
+    """
 
 
 @dataclass(frozen=True)
@@ -117,16 +164,25 @@ def discover(model: nn.Module, *, example: torch.Tensor | None = None, key: Hash
     was_training = model.training
     model.eval()
     try:
-        x = probe_input(model) if example is None else example[:1].detach().clone()
+        try:
+            x = probe_input(model) if example is None else example[:1].detach().clone()
+        except SqueezeError as exc:
+            raise GraphError(str(exc).rstrip(".")) from None
         ignored = classifier_layers(model, x)
-        # Torch-Pruning traces through autograd, so it must work inside a caller's no_grad too.
-        with torch.inference_mode(False), torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        try:
+            # Torch-Pruning traces through autograd, so it must work inside a caller's no_grad too. It warns
+            # about every parameter it does not know (a layer scale, an attention bias): `squeeze check` says what matters.
+            with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings(), memory_cap(model):
+                warnings.simplefilter("ignore")
+                graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+                all_groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOTS))
+        except Exception as exc:  # noqa: BLE001 - the tracer fails in many ways on networks it does not know
+            raise GraphError(f"Torch-Pruning cannot build the dependency graph: {one_line(exc)}") from exc
         modules = dict(model.named_modules())
         names = {m: n for n, m in modules.items()}
         order = {n: i for i, n in enumerate(modules)}
         groups = []
-        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOTS):
+        for group in all_groups:
             members = {
                 names[dep.target.module]
                 for dep, _ in group
@@ -144,6 +200,13 @@ def discover(model: nn.Module, *, example: torch.Tensor | None = None, key: Hash
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
     return result
+
+
+def one_line(exc: BaseException, *, limit: int = 200) -> str:
+    """``Type: message``, the message's first non-empty line, cut at ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def group_channels(model: nn.Module, groups: Sequence[Group]) -> dict[str, int]:

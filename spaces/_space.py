@@ -22,6 +22,7 @@ from torch import nn
 
 from ._errors import SqueezeError
 from ._families import Knob, ModelFamily
+from ._narrow import Narrowing
 from ._plan import ALLOWED_BITS, CompressionPlan
 
 PRECISIONS = ("per-layer", "float")
@@ -90,7 +91,11 @@ class SpaceSpec:
 
 
 class JointSpace:
-    """Turns a sampler's parameters into a :class:`CompressionPlan` for one family."""
+    """Turns a sampler's parameters into a :class:`CompressionPlan` for one family.
+
+    ``narrowing`` takes out what the study found it cannot compress (:mod:`._narrow`): those
+    parameters are never suggested, so their layers stay unpruned, in float, or at the teacher's knob.
+    """
 
     def __init__(
         self,
@@ -99,15 +104,25 @@ class JointSpace:
         spec: SpaceSpec,
         *,
         teacher: nn.Module,
+        narrowing: Narrowing | None = None,
     ) -> None:
         self.family = family
         self.options = dict(options)
         self.spec = spec
-        self.knobs: list[Knob] = family.knobs(options, widths=spec.width) if (spec.width != (1.0,) or spec.depth) else []
+        self.narrowing = narrowing = narrowing or Narrowing()
+        knobs = family.knobs(options, widths=spec.width) if (spec.width != (1.0,) or spec.depth) else []
         if not spec.depth:
-            self.knobs = [k for k in self.knobs if k.kind != "depth"]
-        self.prunable = family.prunable(teacher) if spec.prune else []
-        self.quantizable = family.quantizable(teacher) if spec.quantize else []
+            knobs = [k for k in knobs if k.kind != "depth"]
+        self.knobs: list[Knob] = []
+        for k in knobs:
+            kept = narrowing.choices(f"student.{k.kind}.{k.key}", k.choices)
+            if kept:
+                self.knobs.append(k if kept == tuple(k.choices) else Knob(k.kind, k.key, kept))
+        # The graph is not traced at all when the study found that it cannot be.
+        prunable = family.prunable(teacher) if spec.prune and narrowing.prunes() else []
+        self.prunable = [layer for layer in prunable if narrowing.keeps(f"sparsity.{layer}")]
+        quantizable = family.quantizable(teacher) if spec.quantize else []
+        self.quantizable = [layer for layer in quantizable if narrowing.keeps(f"bits.{layer}")]
         self.float_choice = bool(
             self.quantizable and spec.float_choice and 32 in spec.bits and any(b < 32 for b in spec.bits)
         )
@@ -174,7 +189,8 @@ class JointSpace:
         student = self.family.build(
             self.options, in_channels=in_channels, num_classes=num_classes, student=rough.student
         )
-        layers = set(self.family.quantizable(student)) | set(self.family.prunable(student))
+        # A space that prunes nothing does not trace the student's graph (slow, or impossible, on some networks).
+        layers = set(self.family.quantizable(student)) | (set(self.family.prunable(student)) if self.prunable else set())
         return self.plan(params, student_layers=sorted(layers))
 
     def uniform_params(self, *, sparsity: float, bits: int, width: float = 1.0) -> dict[str, Any]:

@@ -22,14 +22,14 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from torch import nn
 
 from ._errors import SqueezeError
 from ._families import Knob
-from ._groups import discover
+from ._groups import GraphError, discover, topology_key
 
 FACTORY_EXPECTED = "`package.module:factory`, a function importable from this Python environment or the current folder that returns an nn.Module"
 
@@ -80,6 +80,7 @@ class ModuleFamily:
         elif not callable(factory):
             raise SqueezeError(f"the factory of family {name!r} must be callable, but got a {type(factory).__name__}.")
         self.factory = factory
+        self._no_graph: dict[Hashable, str] = {}
         try:
             self._params = inspect.signature(self.factory).parameters
         except (TypeError, ValueError):
@@ -145,8 +146,23 @@ class ModuleFamily:
         return [Knob("kwarg", arg, tuple(choices)) for arg, choices in options.get("knobs", {}).items()]
 
     def prunable(self, model: nn.Module) -> list[str]:
-        # No cache: a user's forward may depend on keyword arguments that leave no trace in its modules.
-        return [g.leader for g in discover(model)]
+        # No cache of groups: a user's forward may depend on keyword arguments that leave no trace in its
+        # modules. A failure is remembered, though: tracing a graph Torch-Pruning cannot build can take a
+        # minute (until its memory cap), and a network of the same layers fails the same way.
+        key = topology_key(model)
+        if key in self._no_graph:
+            return []
+        try:
+            return [g.leader for g in discover(model)]
+        except GraphError as exc:
+            # Nothing of it can be pruned; the study's check says why, and the rest is still searched.
+            self._no_graph[key] = str(exc)
+            return []
+
+    def graph_error(self, model: nn.Module) -> str | None:
+        """Why ``model``'s dependency graph cannot be built (Torch-Pruning's message), or None when it can."""
+        self.prunable(model)
+        return self._no_graph.get(topology_key(model))
 
     def quantizable(self, model: nn.Module) -> list[str]:
         return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

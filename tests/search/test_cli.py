@@ -25,7 +25,7 @@ from squeeze.search._cli import main
 from squeeze.spaces import list_families
 
 BIN = Path(sys.executable).parent
-COMMANDS = ["run", "worker", "status", "pareto", "plot", "export", "dashboard", "studies", "list"]
+COMMANDS = ["run", "worker", "status", "pareto", "plot", "export", "finalize", "dashboard", "studies", "list"]
 
 
 def _cli(capfd, *argv: str) -> tuple[int, str, str]:

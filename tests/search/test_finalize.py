@@ -24,6 +24,7 @@ from squeeze.objectives import accuracy, decode, load_task
 from squeeze.search import _finals_store as fs
 from squeeze.search import _storage as st
 from squeeze.search._cli import main
+from squeeze.spaces import SqueezeError
 
 FINALIZE = """
 [finalize]
@@ -196,3 +197,22 @@ def test_a_finalizer_killed_mid_way_is_taken_over_and_finishes_once(pg_url: str,
     assert [(r.trial, r.state, r.attempts) for r in rows] == [(0, fs.DONE, 2)]
     done = fs.get_final(engine, "killed", 0)
     assert decode(done.artifact).card["finished"] is True and done.owner != row.owner
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("finalize.epochs", "0", r"`finalize\.epochs` must be a whole number of epochs from 1 to 10000, but got 0"),
+    ("finalize.warmup", "1.0", r"`finalize\.warmup` must be a share of the steps in \[0, 1\), but got 1\.0"),
+    ("finalize.lr", "-1", r"`finalize\.lr` must be a positive number, but got -1"),
+    ("finalize.bogus", "1", r"unknown key `finalize\.bogus`"),
+    ("task.test", "1.5", r"`task\.test` must be a number in \(0, 1\), but got 1\.5"),
+    ("training.augment", "'yes'", r"`training\.augment` must be true or false, but got 'yes'"),
+])
+def test_bad_finalize_and_split_settings_name_the_key(tiny_study, key: str, value: str, message: str) -> None:
+    with pytest.raises(SqueezeError, match=message):
+        ss.load_spec(tiny_study(), overrides=[f"{key}={value}"])
+
+
+def test_finalize_settings_may_change_between_runs_but_splits_may_not(tiny_study) -> None:
+    base = ss.load_spec(tiny_study())
+    assert ss.load_spec(tiny_study(), overrides=["finalize.epochs=30"]).comparable() == base.comparable()
+    assert ss.load_spec(tiny_study(), overrides=["task.test=0.25"]).comparable() != base.comparable()
