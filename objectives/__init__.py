@@ -6,14 +6,15 @@ from ._artifact import Arch, Loaded, decode, encode, load_artifact, size_floor
 from ._check import CheckReport, StepFailure, check_teacher, isolate, try_plan
 from ._compress import PRUNERS, QUANTIZERS, CompressSpec
 from ._finalize import FinalizeSpec, accuracy_on_test, final_recipe, finalize_plan
-from ._evaluate import Judged, evaluate, latency_key, size_lower_bound, teacher_artifact
-from ._materialize import int8_engine
+from ._evaluate import CALIBRATION_SAMPLES, Judged, evaluate, latency_key, size_lower_bound, teacher_artifact
+from ._materialize import calibrate, int8_engine
 from ._latency import RUNTIMES, Latency, LatencySpec, cpu_model, measure
 from ._ort import LoadedOnnx, OrtModel, decode_onnx, deploy, load_onnx
 from ._task_registry import TaskData, TaskLoader, list_tasks, load_task, register_task, task_loader, unregister_task
 from ._train import DivergedError, Recipe, TrainingBudget, accuracy, augment, train_teacher, training_device
 
 __all__ = [
+    "CALIBRATION_SAMPLES",
     "PRUNERS",
     "QUANTIZERS",
     "RUNTIMES",
@@ -34,6 +35,7 @@ __all__ = [
     "TaskLoader",
     "TrainingBudget",
     "accuracy",
+    "calibrate",
     "accuracy_on_test",
     "augment",
     "check_teacher",

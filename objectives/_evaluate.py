@@ -25,7 +25,8 @@ from ._compress import CompressSpec, channel_keep, weight_scales
 from . import _materialize
 from ._latency import Latency, LatencySpec, cpu_model, measure
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
-from ._onnx import build_model, io_card, serialize, writer
+from ._onnx import build_model, writer
+from ._onnx_file import io_card, serialize
 from ._ort import deploy, runtime_version
 from ._task_registry import TaskData
 from ._train import Recipe, TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device

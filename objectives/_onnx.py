@@ -26,16 +26,13 @@ with quint8 and the range 0..127 (:data:`ACT_QMIN`, :data:`ACT_QMAX`, the same 7
 calibration batches as the ``torch`` runtime): min and max of each int8 layer's input and output
 over training batches (:func:`activation_ranges`, :func:`minmax_qparams`).
 
-The model's ``metadata_props`` say what it takes and gives (input and output names, shapes, the
-normalisation of its inputs), the plan and the measured card. Nothing here runs anything read
-from a file: ``_ort.check_model`` refuses what is not a plain, standard-operator ONNX model.
+The file around the model, its metadata and the checks before it is run: ``_onnx_file.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -48,14 +45,12 @@ from torch import fx, nn
 from squeeze.spaces import CompressionPlan, SqueezeError, runs_int8
 
 from ._materialize import ACT_QMAX, ACT_QMIN
+from ._onnx_file import INPUT, OUTPUT, STANDARD_DOMAINS, serialize
 
-FORMAT = "squeeze-onnx/1"
-INPUT, OUTPUT = "input", "logits"
 OPSET = 21
 """``QuantizeLinear``/``DequantizeLinear`` and ``Cast`` take int4 from opset 21."""
 OPSET_INT2 = 25
 """int2 tensors (2-bit weights) need opset 25; a model without them keeps :data:`OPSET`."""
-STANDARD_DOMAINS = ("", "ai.onnx")
 QParams = tuple[float, int]
 Range = tuple[float, float]
 
@@ -189,9 +184,6 @@ class _Graph:
     def replace_init(self, tensor: TensorProto) -> None:
         old = self.inits[tensor.name]
         old.CopyFrom(tensor)
-
-
-_INT_TYPES = {2: TensorProto.INT2, 4: TensorProto.INT4, 8: TensorProto.INT8}
 
 
 def _int_tensor(values: np.ndarray, bits: int, name: str) -> TensorProto:
@@ -383,28 +375,6 @@ def _compact(model: onnx.ModelProto) -> None:
         node.output[:] = [rename(name) for name in node.output]
 
 
-def serialize(
-    model: onnx.ModelProto, *, plan: CompressionPlan, io: Mapping[str, Any], card: Mapping[str, Any] | None = None
-) -> bytes:
-    """``model`` as file bytes, with the squeeze metadata: what is stored, measured and exported.
-
-    ``io`` says what the model takes and gives (:func:`io_card`); ``card`` holds the measured
-    figures, and its ``bytes`` entry is set to the length of the returned file, as in ``SQZ1``.
-    """
-    base = {"format": FORMAT, "io": _dumps(dict(io)), "plan": plan.to_json()}
-    if card is None:
-        _set_metadata(model, base)
-        return model.SerializeToString()
-    size = 0
-    for _ in range(4):
-        _set_metadata(model, {**base, "card": _dumps({**card, "bytes": size})})
-        blob = model.SerializeToString()
-        if len(blob) == size:
-            return blob
-        size = len(blob)
-    raise RuntimeError("the card's byte count did not settle")
-
-
 def writer(
     folded: fx.GraphModule | nn.Module,
     *,
@@ -428,30 +398,3 @@ def writer(
     return write
 
 
-def io_card(
-    *, in_channels: int, input_size: tuple[int, int], num_classes: int,
-    mean: Iterable[float] | None = None, std: Iterable[float] | None = None,
-) -> dict[str, Any]:
-    """What the model takes and gives, for someone with nothing but the file."""
-    card: dict[str, Any] = {
-        "input": {"name": INPUT, "shape": ["batch", in_channels, *input_size], "dtype": "float32"},
-        "output": {"name": OUTPUT, "shape": ["batch", num_classes], "dtype": "float32", "meaning": "class logits"},
-    }
-    if mean is not None and std is not None:
-        card["input"]["normalisation"] = {
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "rule": "input = (pixels - mean) / std per channel, pixels scaled to [0, 1]",
-        }
-    else:
-        card["input"]["normalisation"] = None
-    return card
-
-
-def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
-    del model.metadata_props[:]
-    for key, value in entries.items():
-        model.metadata_props.add(key=f"squeeze.{key}", value=value)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -9,62 +9,20 @@ level a plain ``InferenceSession(path)`` uses too), so the QDQ nodes are fused i
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto
 
 from squeeze.spaces import CompressionPlan, SqueezeError
 
-from ._onnx import STANDARD_DOMAINS
+from ._onnx_file import check_model, metadata
 
 PROVIDER = "CPUExecutionProvider"
-
-
-def check_model(blob: bytes, *, source: str = "the ONNX model") -> onnx.ModelProto:
-    """Parse ``blob`` and refuse what a plain ONNX Runtime session should not be handed.
-
-    Only standard ONNX operators (no custom domains, no local functions) and no external data (a
-    tensor that names a file would make loading read that file). One sentence names ``source``.
-    """
-    try:
-        model = onnx.load_from_string(bytes(blob))
-    except Exception:  # noqa: BLE001 - protobuf raises several kinds for bytes of another make
-        raise SqueezeError(f"`{source}` is not an ONNX model: its bytes do not parse.") from None
-    if not model.graph.node:
-        raise SqueezeError(f"`{source}` is not a squeeze ONNX model: its graph is empty.")
-    domains = {entry.domain for entry in model.opset_import} | {node.domain for node in model.graph.node}
-    foreign = sorted(d for d in domains if d not in STANDARD_DOMAINS)
-    if foreign or len(model.functions):
-        what = f"operators of the domain {foreign[0]!r}" if foreign else "local functions"
-        raise SqueezeError(f"`{source}` uses {what}; only standard ONNX operators are run.")
-    for tensor in model.graph.initializer:
-        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
-            raise SqueezeError(f"`{source}` keeps tensor {tensor.name!r} in an external file; only self-contained models are run.")
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.g.node or attr.graphs:
-                raise SqueezeError(f"`{source}` has subgraphs (node {node.op_type}); only flat graphs are run.")
-    return model
-
-
-def metadata(model: onnx.ModelProto) -> dict[str, Any]:
-    """The squeeze entries of a model's ``metadata_props``, parsed (``plan`` as a :class:`CompressionPlan`)."""
-    out: dict[str, Any] = {}
-    for prop in model.metadata_props:
-        if not prop.key.startswith("squeeze."):
-            continue
-        key = prop.key.removeprefix("squeeze.")
-        out[key] = prop.value if key == "format" else (
-            CompressionPlan.from_json(prop.value) if key == "plan" else json.loads(prop.value))
-    return out
 
 
 def session_options(*, threads: int) -> ort.SessionOptions:
