@@ -26,6 +26,7 @@ teacher: the pruner and quantizer read its weights and a fixed slice of the trai
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -111,10 +112,15 @@ def try_plan(
 
     try:
         with _step("build"):
-            model = family.build(options, in_channels=data.in_channels, num_classes=classes,
-                                 student=plan.student or None)
-            init_from_teacher(model, teacher)
+            if plan.student:
+                model = family.build(options, in_channels=data.in_channels, num_classes=classes, student=plan.student)
+                init_from_teacher(model, teacher)
+            else:
+                model = copy.deepcopy(teacher)  # what a build and the teacher's weights give, for less
         with _step("prune"):
+            # The teacher's groups keep their leaders when pruned: tracing the graph again (slow on large
+            # networks) is needed only for a student's.
+            leaders = family.prunable(model) if plan.student else list(space.prunable)
             keep = channel_keep(model, dict(plan.sparsity), method=compress.pruner, round_to=compress.round_channels,
                                 step=loss, data=stream, example=example)
             remove_channels(model, keep, example=example)
@@ -134,7 +140,7 @@ def try_plan(
                 blob = writer(folded, plan=plan, scales=scales, calibration=x, example=example, io=_io(data))()
             else:
                 arch = _arch(plan, family=family, options=options, data=data,
-                             channels=out_channels(model, family.prunable(model)))
+                             channels=out_channels(model, leaders))
                 activations = calibrate(folded, dict(plan.bits), scales, example=example, calibration=x)
                 blob = encode(folded, arch=arch, plan=plan, scales=scales, activations=activations)
         with _step("load"):
