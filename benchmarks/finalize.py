@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -151,8 +151,8 @@ def _report(path: Path, finished: list[ss.Finished], *, searched_s: float, final
     lines = [
         "# Finalize: proxy against finished accuracy",
         "",
-        f"`{' '.join(['python', 'benchmarks/finalize.py', *sys.argv[1:]])}` on {cpu_model()} "
-        f"({platform.machine()}), latency threads {args.threads}, batch 1, runtime {args.runtime}.",
+        f"`{' '.join(['python', 'benchmarks/finalize.py', *sys.argv[1:]])}` on {_cpu()}, "
+        f"latency threads {args.threads}, batch 1, runtime {args.runtime}.",
         f"Study: {args.trials} trials on real MNIST (t10k: 8,000 train, 1,000 validation, 1,000 test), cnn 64-128-256 "
         f"depths 2-2-1, teacher {args.teacher_epochs} epochs with augmentation; every front point finalized with "
         f"{finished[0].epochs} epochs. Search {searched_s / 60:.0f} min, finalize {finalized_s / 60:.0f} min.",
@@ -187,7 +187,19 @@ def _report(path: Path, finished: list[ss.Finished], *, searched_s: float, final
     return {"teacher": {"validation": teacher.accuracy, "test": teacher_test, "size_bytes": teacher.size_bytes,
                         "latency_ms": teacher.latency_ms},
             "rows": rows, "kendall_tau": tau.statistic, "kendall_p": tau.pvalue, "finished_front": sorted(finished_front),
-            "cpu": cpu_model(), "searched_s": searched_s, "finalized_s": finalized_s, "markdown": "\n".join(lines)}
+            "cpu": _cpu(), "searched_s": searched_s, "finalized_s": finalized_s, "markdown": "\n".join(lines)}
+
+
+def _cpu() -> str:
+    """The CPU model with the int8 instruction sets that decide its latency ratios, and its core count."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    extras = [name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("amx_int8", "AMX")) if flag in flags]
+    isa = f" with {' and '.join(extras)}" if extras else (" with AVX2 only" if "avx2" in flags else "")
+    return f"{cpu_model()}{isa}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
