@@ -65,8 +65,8 @@ def study_note(name: str, config: Mapping[str, Any], attrs: Mapping[str, Any]) -
         "",
         "Each completed trial's artifact is under the trial's *Artifacts*: the bytes that were measured, the "
         f"same as `squeeze export {name} --trial N -o FILE`, with the trial's `artifact_sha256`. "
-        "Load one with onnxruntime." if latency.get("runtime") == "onnxruntime" else
-        "Load one with `squeeze.objectives.load_artifact`, which never runs code from the file.",
+        + ("Load one with onnxruntime." if latency.get("runtime") == "onnxruntime" else
+           "Load one with `squeeze.objectives.load_artifact`, which never runs code from the file."),
     ]
     return "\n".join(lines) + "\n"
 
