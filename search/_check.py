@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 import torch
 
-from squeeze.objectives import CheckReport, TaskData, check_teacher, isolate, try_plan
+from squeeze.objectives import CheckReport, DivergedError, TaskData, check_teacher, isolate, try_plan
 from squeeze.spaces import (
     CompressionPlan,
     JointSpace,
@@ -39,6 +39,10 @@ from . import _storage as st
 from ._attrs import StudyAttr
 from ._context import Context, study_exists
 from ._spec import StudySpec
+
+
+NOT_ATTRIBUTED = (DivergedError, FloatingPointError, MemoryError)
+"""Failures of training or of the machine: a trial that raises one fences nothing."""
 
 
 @dataclass(frozen=True)
@@ -265,9 +269,13 @@ class StudySpace:
         self.space = self._spaces[narrowing]
         return self.space
 
-    def fence_failure(self, number: int, plan: CompressionPlan) -> list[Removal]:
-        """Fence what trial ``number``'s failed ``plan`` fails on alone; never raises (the trial's own error stands)."""
-        if self.space is None:
+    def fence_failure(self, number: int, plan: CompressionPlan, error: BaseException | None = None) -> list[Removal]:
+        """Fence what trial ``number``'s failed ``plan`` fails on alone; never raises (the trial's own error stands).
+
+        A diverged loss or a machine out of memory (``error``) is a failure of training or of the
+        machine, never of a part of the space, and is not attributed.
+        """
+        if self.space is None or isinstance(error, NOT_ATTRIBUTED):
             return []
         try:
             return fence_failure(self.ctx, number, plan, teacher=self.teacher, space=self.space, data=self.data)

@@ -74,9 +74,9 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
             for key, violation in stop.constraints.items():
                 trial.set_constraint(key, violation)
             raise
-        except Exception:
+        except Exception as exc:
             # A part of the plan that fails alone is fenced, so the next trial is not failed the same way.
-            spaces.fence_failure(trial.number, plan)
+            spaces.fence_failure(trial.number, plan, exc)
             raise
         early.finished(time.perf_counter() - started)
         attrs = judged_attrs(judged) | {TrialAttr.WORKER: socket.gethostname()}

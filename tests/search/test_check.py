@@ -180,3 +180,22 @@ def test_a_failure_is_attributed_only_to_the_parts_that_fail_alone() -> None:
 def test_check_help_exits_0(capfd) -> None:
     assert main(["check", "--help"]) == 0
     assert "writes nothing" in capfd.readouterr().out
+
+
+def test_a_diverged_loss_or_a_full_memory_fences_nothing(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from squeeze.objectives import DivergedError
+    from squeeze.search import _check
+
+    attributed: list[int] = []
+    monkeypatch.setattr(_check, "fence_failure", lambda ctx, number, plan, **_: attributed.append(number) or [])
+    spaces = _check.StudySpace(SimpleNamespace(spec=SimpleNamespace(task=SimpleNamespace(family="cnn"))),
+                               teacher=None, data=None)
+    spaces.space = object()  # as after the trial's suggestion
+    plan = CompressionPlan(sparsity={"a": 0.5})
+    for error in (DivergedError("the distillation loss diverged to nan"), FloatingPointError("inf"), MemoryError()):
+        assert spaces.fence_failure(1, plan, error) == []
+    assert attributed == []
+    spaces.fence_failure(2, plan, RuntimeError("INDICES element is out of DATA bounds"))
+    assert attributed == [2]
