@@ -10,13 +10,14 @@ validation split, and the teacher's own test accuracy to compare with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +167,7 @@ def run_finals(ctx: Context, data: TaskData, teacher: TeacherBundle, *, only: Co
     name = spec.study.name
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:128]
     done = 0
-    with _signals_interrupt():
+    with _sigterm_interrupts():
         while True:
             with st.study_lock(ctx.engine, name):
                 job = fs.claim_final(ctx.engine, name, owner, grace_s=spec.study.grace_s, only=only)
@@ -237,17 +238,18 @@ def _beat(ctx: Context, trial: int, owner: str, stop: threading.Event) -> None:
             pass
 
 
-class _signals_interrupt:
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt in the main thread for the duration, so a job is given back on either signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def __enter__(self) -> None:
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            def handler(signum: int, frame: Any) -> None:
-                raise KeyboardInterrupt(signal.Signals(signum).name)
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-            self._previous = signal.signal(signal.SIGTERM, handler)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

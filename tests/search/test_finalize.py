@@ -168,33 +168,48 @@ def test_a_job_is_claimed_once_and_stored_only_by_its_owner(url: str) -> None:
     assert fs.claim_final(engine, study, "c", grace_s=0) is None
 
 
-def test_a_finalizer_killed_mid_way_is_taken_over_and_finishes_once(pg_url: str, tiny_study, tmp_path: Path) -> None:
+def _claimed(engine: sa.Engine, study: str, trial: int, attempts: int) -> fs.FinalRow:
+    """The job once its ``attempts``-th claim is running (a finalizer started and beats), within two minutes."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        row = fs.get_final(engine, study, trial, artifact=False)
+        if row is not None and row.state == fs.RUNNING and row.attempts == attempts:
+            return row
+        time.sleep(0.2)
+    raise AssertionError(f"no finalizer claimed the job for the {attempts}. time")
+
+
+def test_a_finalizer_killed_mid_way_is_taken_over_and_finishes_once(pg_url: str, tiny_study) -> None:
     path = tiny_study(name="killed", storage=pg_url, trials=2, extra=FINALIZE.format(epochs=20))
     # Beats every second, stale after two: the takeover comes quickly.
     path.write_text(path.read_text().replace("snapshot_every = 2", "snapshot_every = 2\nheartbeat_s = 1\ngrace_s = 2"))
     ss.run(path)
     engine = st.engine_for(pg_url)
     command = [sys.executable, "-m", "squeeze.search", "finalize", str(path), "--trial", "0"]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    # SIGTERM: the job is given back at once, for the next finalizer to take without waiting.
+    stopped = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _claimed(engine, "killed", 0, attempts=1)
+    time.sleep(2)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 130
+    given_back = fs.get_final(engine, "killed", 0, artifact=False)
+    assert (given_back.state, given_back.owner, given_back.attempts) == (fs.WAITING, None, 1)
+
+    # SIGKILL mid-way: nothing is given back; the job stays running until its heartbeat goes stale.
+    killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        row = None
-        while time.monotonic() < deadline:
-            row = fs.get_final(engine, "killed", 0, artifact=False)
-            if row is not None and row.state == fs.RUNNING and row.heartbeat is not None:
-                break
-            time.sleep(0.2)
-        assert row is not None and row.state == fs.RUNNING, "the first finalizer never claimed its job"
+        row = _claimed(engine, "killed", 0, attempts=2)
         time.sleep(3)  # mid-way through training, a few heartbeats in
     finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    assert fs.get_final(engine, "killed", 0, artifact=False).state == fs.RUNNING  # killed: nothing given back
-    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr
-    assert "taking over a finalize job whose finalizer stopped (attempt 2)" in second.stderr.replace("\n", " ")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert fs.get_final(engine, "killed", 0, artifact=False).state == fs.RUNNING
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert "taking over a finalize job whose finalizer stopped (attempt 3)" in again.stderr.replace("\n", " ")
     rows = fs.finals(engine, "killed")
-    assert [(r.trial, r.state, r.attempts) for r in rows] == [(0, fs.DONE, 2)]
+    assert [(r.trial, r.state, r.attempts) for r in rows] == [(0, fs.DONE, 3)]
     done = fs.get_final(engine, "killed", 0)
     assert decode(done.artifact).card["finished"] is True and done.owner != row.owner
 
