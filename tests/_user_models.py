@@ -56,7 +56,7 @@ def not_pairs():
     return "train", "test"
 
 
-# --- Networks that break one step of compression each (tests/search/test_check.py) -------------------------
+# --- Networks that break one step of compression each (tests/search/test_check_study.py) -------------------------
 
 
 class _ShuffleUnit(nn.Module):

@@ -47,3 +47,13 @@ def test_missing_mnist_files_skip_and_fail_under_the_ci_flag(present: tuple[str,
     for name in MNIST_FILES:
         (folder / name).write_bytes(b"")
     assert find_mnist(folder) == folder
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test modules by their file name (tests/ has no packages): two files of one name stop collection."""
+    tests = Path(__file__).resolve().parent
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    clashes = {name: paths for name, paths in names.items() if len(paths) > 1}
+    assert not clashes, f"test files share a name, which stops pytest's collection: {clashes}"
