@@ -8,8 +8,8 @@ parts of your own (a sampler, an objective wrapper), as the benchmarks do.
 
 from ._attrs import StudyAttr, TrialAttr
 from ._check import SpaceCheck
-from ._finalize import Finished, finalize, finished
 from ._dashboard import dashboard
+from ._finalize import Finished, finalize, finished
 from ._pareto import (
     FrontData,
     HypervolumeSample,

@@ -177,12 +177,12 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
         table.add_row("teacher", f"acc {s.teacher.accuracy:.4f}, {s.teacher.size_bytes / 1024:.1f} KB, "
                       f"{(s.teacher.latency_ms or 0):.3f} ms")
     out.print(table)
-    for number, error in s.errors:
-        out.print(f"trial {number} failed: {error}", highlight=False)
     if s.searched:
         out.print(f"searching: {'; '.join(s.searched)}", highlight=False)
     for line in s.taken_out:
         out.print(f"taken out of the space: {line}", highlight=False)
+    for number, error in s.errors:
+        out.print(f"trial {number} failed: {error}", highlight=False)
 
 
 @app.command()
@@ -251,24 +251,6 @@ def export(study: StudyArg, storage: StorageOpt = None,
 
 
 @app.command()
-def dashboard(study: StudyArg, storage: StorageOpt = None,
-              host: Annotated[str, typer.Option("--host", help="Address to serve on; anything but loopback lets other machines read and change the study.")] = "127.0.0.1",
-              port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: any free port).")] = 8080) -> None:
-    """Serve optuna-dashboard on the study until Ctrl-C: named objectives, Pareto front, artifacts to download."""
-    import squeeze.search as ss
-    from ._dashboard import is_loopback
-
-    def ready(url: str) -> None:
-        if not is_loopback(host):
-            err.print(f"note: serving on {host}: the dashboard has no login, and anyone who can reach this address "
-                      "can read and change the study.", highlight=False)
-        out.print(f"dashboard: {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True)
-
-    ss.dashboard(study, storage=storage, host=host, port=port, on_ready=ready)
-    err.print("dashboard stopped.")
-
-
-@app.command()
 def finalize(study: StudyArg, storage: StorageOpt = None, set_: SetOpt = None, data: DataOpt = None,
              trial: Annotated[Optional[list[int]], typer.Option("--trial", help="A trial to finalize (repeat for several).")] = None,
              front_: Annotated[bool, typer.Option("--front", help="Finalize every front member.")] = False,
@@ -299,6 +281,24 @@ def finalize(study: StudyArg, storage: StorageOpt = None, set_: SetOpt = None, d
         table.add_row(str(f.trial), f"{f.proxy_accuracy:.4f}", f"{f.accuracy:.4f}", f"{f.teacher_accuracy:.4f}",
                       f"{f.size_bytes / 1024:.2f}", f"{f.latency_ratio:.3f}", f"{f.latency_ms:.3f}", str(f.epochs))
     out.print(table)
+
+
+@app.command()
+def dashboard(study: StudyArg, storage: StorageOpt = None,
+              host: Annotated[str, typer.Option("--host", help="Address to serve on; anything but loopback lets other machines read and change the study.")] = "127.0.0.1",
+              port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: any free port).")] = 8080) -> None:
+    """Serve optuna-dashboard on the study until Ctrl-C: named objectives, Pareto front, artifacts to download."""
+    import squeeze.search as ss
+    from ._dashboard import is_loopback
+
+    def ready(url: str) -> None:
+        if not is_loopback(host):
+            err.print(f"note: serving on {host}: the dashboard has no login, and anyone who can reach this address "
+                      "can read and change the study.", highlight=False)
+        out.print(f"dashboard: {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True)
+
+    ss.dashboard(study, storage=storage, host=host, port=port, on_ready=ready)
+    err.print("dashboard stopped.")
 
 
 @app.command()

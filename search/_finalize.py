@@ -119,7 +119,10 @@ def _epochs(epochs: Any) -> int:
 def _chosen(target: Target, *, trials: Sequence[int], front: bool) -> dict[int, float]:
     """The chosen trials and their proxy (validation) accuracy; each must be a COMPLETE trial of the study."""
     if front:
-        return {p.number: p.accuracy for p in front_of(target).front}
+        members = {p.number: p.accuracy for p in front_of(target).front}
+        if not members:
+            raise SqueezeError(f"study {target.name!r} has no feasible front to finalize yet; run it first.")
+        return members
     study, _ = open_study(target)
     known = {t.number: t for t in study.get_trials(deepcopy=False)}
     out = {}
