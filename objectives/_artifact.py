@@ -202,6 +202,28 @@ def encode(
     raise RuntimeError("the card's byte count did not settle")
 
 
+def with_card(blob: bytes, card: Mapping[str, Any], *, source: str = "artifact") -> bytes:
+    """``blob`` with ``card``'s entries merged into its card (``bytes`` settled again); weights untouched.
+
+    A candidate's latency figures join its card only once it is timed, which may be on another
+    machine than the one that trained it.
+    """
+    header, payload = _split(bytes(blob), source)
+    arch, plan, old = _parse(header, source)
+
+    def assemble(header: bytes) -> bytes:
+        body = _HEAD.pack(MAGIC, len(header)) + header + payload
+        return body + hashlib.sha256(body).digest()[:CHECKSUM_BYTES]
+
+    size = 0
+    for _ in range(4):
+        out = assemble(_header(arch, plan, {**old, **card, "bytes": size}))
+        if len(out) == size:
+            return out
+        size = len(out)
+    raise RuntimeError("the card's byte count did not settle")
+
+
 @dataclass(frozen=True)
 class Loaded:
     """A loaded artifact: the runnable module and what the file says about it."""

@@ -21,12 +21,14 @@ from torch import nn
 from squeeze.spaces import CompressionPlan, ModelFamily
 
 from ._artifact import Arch, encode, size_floor
+from ._artifact import with_card as _sqz_with_card
 from ._compress import CompressSpec, channel_keep, weight_scales
 from . import _materialize
-from ._latency import Latency, LatencySpec, cpu_model, measure
+from ._latency import Latency, LatencySpec, cpu_class, measure
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
 from ._onnx import build_model, writer
 from ._onnx_file import io_card, serialize
+from ._onnx_file import with_card as _onnx_with_card
 from ._ort import deploy, runtime_version
 from ._task_registry import TaskData
 from ._train import Recipe, TrainingBudget, accuracy, batches, distil, init_from_teacher, kd_loss, training_device
@@ -40,7 +42,8 @@ class Judged:
 
     accuracy: float
     size_bytes: int
-    latency: Latency
+    latency: Latency | None
+    """None when the candidate was not timed here (``evaluate(..., timed=False)``): :func:`time_artifact` times it."""
     artifact: bytes
     sha256: str
     plan: CompressionPlan
@@ -64,14 +67,15 @@ def latency_key(arch: Arch, plan: CompressionPlan, *, spec: LatencySpec, model: 
     float, and no kernel here is faster for some weight values than for others. So bit-widths and
     weights do not enter, and neither does how the network was reached: a student at half width and
     the teacher with half of every layer's channels pruned are one network, timed once. The network,
-    which layers are int8, the protocol, the CPU model, torch and the quantized engine do enter.
+    which layers are int8, the protocol, the CPU class that times it (``spec.target``, else this
+    machine's :func:`cpu_class`), torch and the quantized engine do enter.
     ``model``, when given, is the folded float module ``arch`` describes (it is then not rebuilt).
     """
     payload = {
         "network": _network(arch, model),
         "int8": plan.int8_layers(),
         "protocol": {k: getattr(spec, k) for k in ("batch", "threads", "warmup", "repeats", "min_round_ms")},
-        "cpu": cpu_model(),
+        "cpu": spec.target or cpu_class(),
         "torch": torch.__version__,
         "engine": _materialize.ENGINE,
     }
@@ -166,6 +170,8 @@ def evaluate(
     recipe: Recipe | None = None,
     split: str = "validation",
     progress: Callable[[str, int, int], None] | None = None,
+    timed: bool = True,
+    baseline_ms: float | None = None,
 ) -> Judged:
     """Build, train, compress and materialize the candidate ``plan``; measure its three objectives.
 
@@ -181,6 +187,11 @@ def evaluate(
     ``recipe`` is how the student trains (default :meth:`Recipe.proxy`, a trial's budget), and
     ``split`` the data accuracy is measured on: ``validation`` for trials, ``test`` for finished
     models only. ``progress(stage, step, steps)`` follows distillation step by step.
+
+    ``timed=False`` leaves the latency for a machine of the study's target class: the result has no
+    latency (unless ``known_latency`` had one), and its artifact's card no latency figures, until
+    :func:`time_artifact` times it. ``baseline_ms`` is the teacher's quiet time on this machine's class
+    (see :func:`squeeze.objectives.measure`).
     """
     if split not in ("validation", "test"):
         raise ValueError(f"`split` must be 'validation' or 'test', but got {split!r}.")
@@ -260,23 +271,11 @@ def evaluate(
     lap("accuracy")
     key = latency_key(arch, plan, spec=latency, model=folded)
     known = known_latency(key) if known_latency else None
-    lat = known or measure(deployed, teacher_deployed, example, spec=latency)
+    lat = known or (measure(deployed, teacher_deployed, example, spec=latency, baseline_ms=baseline_ms)
+                    if timed else None)
     lap("latency")
 
-    blob = write(
-        card={
-            **(card or {}),
-            "accuracy": acc,
-            "latency_ratio": lat.ratio,
-            "latency_ms": lat.candidate_ms,
-            "latency_iqr": lat.ratio_iqr,
-            "threads": lat.threads,
-            "batch": lat.batch,
-            "cpu": lat.cpu,
-            "torch": lat.torch_version,
-            **({"runtime": lat.engine} if latency.runtime != "torch" else {}),
-        },
-    )
+    blob = write(card={**(card or {}), "accuracy": acc, **(latency_card(lat) if lat is not None else {})})
     return Judged(
         accuracy=acc,
         size_bytes=len(blob),
@@ -291,3 +290,44 @@ def evaluate(
         weights={name: int(m.weight.numel()) for name, m in folded.named_modules()
                  if name in plan.bits and isinstance(getattr(m, "weight", None), torch.Tensor)},
     )
+
+
+def latency_card(lat: Latency) -> dict[str, Any]:
+    """The latency figures an artifact's card records."""
+    return {
+        "latency_ratio": lat.ratio,
+        "latency_ms": lat.candidate_ms,
+        "latency_iqr": lat.ratio_iqr,
+        "threads": lat.threads,
+        "batch": lat.batch,
+        "cpu": lat.cpu,
+        "torch": lat.torch_version,
+        **({"runtime": lat.engine} if lat.runtime != "torch" else {}),
+    }
+
+
+def recard(blob: bytes, card: Mapping[str, Any], *, runtime: str) -> bytes:
+    """``blob`` (an artifact of ``runtime``) with ``card``'s entries merged into its card; weights untouched."""
+    return _onnx_with_card(blob, card) if runtime == "onnxruntime" else _sqz_with_card(blob, card)
+
+
+def time_artifact(
+    blob: bytes,
+    *,
+    teacher_deployed: nn.Module,
+    example: torch.Tensor,
+    latency: LatencySpec,
+    family: ModelFamily | None = None,
+    baseline_ms: float | None = None,
+    known: Latency | None = None,
+) -> tuple[Latency, bytes]:
+    """Time a stored candidate against the teacher on this machine; returns the measurement and the
+    artifact with its latency figures in the card (the bytes to store, ship and count as its size).
+
+    ``known`` is an earlier measurement of the same network (then nothing is timed).
+    """
+    if known is None:
+        deployed = deploy(blob, runtime=latency.runtime, family=family, threads=latency.threads,
+                          source="the stored candidate")
+        known = measure(deployed, teacher_deployed, example, spec=latency, baseline_ms=baseline_ms)
+    return known, recard(blob, latency_card(known), runtime=latency.runtime)

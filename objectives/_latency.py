@@ -1,19 +1,27 @@
-"""The latency protocol: teacher and candidate timed side by side, interleaved, in one process.
+"""The latency protocol: teacher and candidate timed side by side, in paired rounds, in one process.
 
-The sampler sees a ratio (candidate / teacher), not milliseconds, so that it is comparable across
-workers on different CPUs. Each model's time is the lower decile of its rounds: what another
-process does to a round (a busy core beside it, a cache or memory bus shared with it) only ever
-adds time, so the fastest rounds are the ones closest to the model's own cost. The two models
-alternate round by round, so both see the same stretch of the machine. Measured on this project's
-CPU machine with a second study training beside it, the same int8 artifact read 0.60x to 0.74x
-over six measurements as a median of per-round ratios, and 0.70x to 0.72x as a ratio of lower
-deciles (``benchmarks/search_quality.py``'s setting: 60 rounds of 5 ms). Load that lasts the whole
-measurement still moves the ratio: in the same benchmark, one int8 network read 0.95x against its
-usual 0.75x in a measurement where both models ran about twice as slow as usual.
+The sampler sees a ratio (candidate / teacher), not milliseconds: what slows the machine slows both
+models, so a ratio is far steadier than either time. It is *not* portable across kinds of CPU (int8
+kernels pay on some instruction sets and not on others), which is why a study has one latency target
+(:func:`cpu_class`) and only machines of that class time its candidates (``squeeze.search``).
+
+Load cannot be kept off a shared machine, so the protocol is built to cancel it rather than to
+dodge it (``docs/latency.md``):
+
+- each model calls itself as often as it takes for *its* round to last ``min_round_ms``, so both
+  models' rounds are about equally long and equally likely to be interrupted;
+- rounds come in pairs, teacher and candidate back to back (the order alternating), and the ratio
+  is the median of the pairs' ratios: a pair sees one stretch of the machine, so a slow stretch
+  slows both halves of the pair, and the median ignores pairs that a burst hit on one side only;
+- the teacher's median time is compared with its baseline on the target (``baseline_ms``), and a
+  measurement whose teacher ran far slower than that, or whose pairs spread widely, is taken again,
+  up to ``MAX_ATTEMPTS`` times; one that never settles is kept (the steadiest attempt) and flagged.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 import statistics
 import time
@@ -50,8 +58,13 @@ class LatencySpec:
     repeats: int = 30
     min_round_ms: float = 2.0
     runtime: str = "torch"
+    target: str | None = None
+    """The CPU class that times the study's candidates (:func:`cpu_class`); None: the class of the
+    machine that creates the study. Fixed when the study is created."""
 
     def __post_init__(self) -> None:
+        if self.target is not None and (not isinstance(self.target, str) or not self.target.strip()):
+            raise SqueezeError(f"`latency.target` must be a CPU class string (see `squeeze status`), but got {self.target!r}.")
         if self.runtime not in RUNTIMES:
             raise SqueezeError(f"`latency.runtime` must be one of {list(RUNTIMES)}, but got {self.runtime!r}.")
         for key in ("batch", "threads", "repeats"):
@@ -64,8 +77,17 @@ class LatencySpec:
             raise SqueezeError(f"`latency.min_round_ms` must be a positive number, but got {self.min_round_ms!r}.")
 
 
-QUANTILE = 0.1
-"""Each model's time is this quantile of its rounds (the lower decile)."""
+MAX_ATTEMPTS = 3
+"""A measurement taken under load is taken again, at most this many times in all."""
+DRIFT = 1.25
+"""Load: the teacher's median time over its baseline on the target above this factor."""
+SPREAD = 0.2
+"""Load: the pairs' ratios spread (interquartile range over the median) wider than this."""
+PROTOCOL = "paired-median/2"
+"""The protocol's name, recorded with each measurement (measurements before it read ``lower-decile/1``)."""
+CPU_CLASS_ENV = "SQUEEZE_CPU_CLASS"
+INT8_FEATURES = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+"""The CPU features that decide which int8 kernels run (x86: AVX2, AVX-512, VNNI, AMX; Arm: dot product, i8mm, SVE)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,16 @@ class Latency:
     """PyTorch's quantized CPU engine that int8 layers were built for, or ONNX Runtime's version and provider."""
     runtime: str = "torch"
     """The runtime both models ran in (:data:`RUNTIMES`)."""
+    cpu_class: str = ""
+    """The class of the CPU it was measured on (:func:`cpu_class`): model name and int8 features."""
+    protocol: str = "lower-decile/1"
+    """How it was measured: :data:`PROTOCOL` now; ``lower-decile/1`` for measurements stored before."""
+    attempts: int = 1
+    """Measurements taken: more than one when load was detected."""
+    settled: bool = True
+    """False when every attempt looked loaded (teacher far from its baseline, or pairs spread widely)."""
+    teacher_drift: float | None = None
+    """The teacher's median time over its baseline on the target (None: no baseline yet)."""
 
     def attrs(self) -> dict[str, object]:
         return asdict(self)
@@ -106,6 +138,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_class() -> str:
+    """This machine's CPU class: ``$SQUEEZE_CPU_CLASS`` if set, else the model name and its int8 features.
+
+    Two machines of one class run the same int8 kernels, so their latency ratios compare; the thread
+    count, batch and runtime are the study's own settings and complete its latency target.
+    """
+    override = os.environ.get(CPU_CLASS_ENV, "").strip()
+    if override:
+        return override
+    features: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    features.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    found = [name for name in INT8_FEATURES if name in features]
+    return f"{cpu_model()} [{' '.join(found) or platform.machine()}]"
+
+
 def _time(model: nn.Module, x: torch.Tensor, inner: int) -> float:
     start = time.perf_counter()
     for _ in range(inner):
@@ -114,8 +168,16 @@ def _time(model: nn.Module, x: torch.Tensor, inner: int) -> float:
 
 
 @torch.inference_mode()
-def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, spec: LatencySpec) -> Latency:
-    """Latency ratio of ``candidate`` to ``teacher`` (lower deciles of interleaved rounds) and its spread."""
+def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, spec: LatencySpec,
+            baseline_ms: float | None = None, attempts: int = MAX_ATTEMPTS) -> Latency:
+    """Latency ratio of ``candidate`` to ``teacher`` (median of paired rounds) and its spread.
+
+    ``baseline_ms`` is the teacher's median time a call on this machine's class when it was quiet;
+    with it, a measurement whose teacher ran more than ``DRIFT`` times slower is taken again, as is
+    one whose pairs spread more than ``SPREAD``, up to ``attempts`` times in all.
+    """
+    if attempts < 1:
+        raise ValueError(f"`attempts` must be at least 1, but got {attempts}.")
     previous = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     try:
@@ -125,25 +187,19 @@ def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, 
         for _ in range(spec.warmup):
             candidate(x)
             teacher(x)
-        # Each round times enough calls that timer resolution does not matter.
-        single = max(_time(teacher, x, 1), _time(candidate, x, 1), 1e-6)
-        inner = max(1, int(spec.min_round_ms / 1000 / single))
-        ratios, cand, teach = [], [], []
-        for r in range(spec.repeats):
-            if r % 2:
-                c = _time(candidate, x, inner)
-                t = _time(teacher, x, inner)
-            else:
-                t = _time(teacher, x, inner)
-                c = _time(candidate, x, inner)
-            cand.append(c)
-            teach.append(t)
-            ratios.append(c / t)
-        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
-        c, t = _lower(cand), _lower(teach)
+        tried: list[tuple[float, float, float, float, float | None]] = []
+        for _ in range(attempts):
+            ratio, iqr, c, t = _attempt(candidate, teacher, x, spec)
+            drift = t * 1000 / baseline_ms if baseline_ms else None
+            tried.append((ratio, iqr, c, t, drift))
+            if not _loaded(ratio, iqr, drift):
+                break
+        settled = not _loaded(*tried[-1][:2], tried[-1][4])
+        # Unsettled: keep the steadiest attempt (the narrowest spread of its pairs).
+        ratio, iqr, c, t, drift = tried[-1] if settled else min(tried, key=lambda a: a[1] / a[0])
         return Latency(
-            ratio=c / t,
-            ratio_iqr=q[2] - q[0],
+            ratio=ratio,
+            ratio_iqr=iqr,
             candidate_ms=c * 1000,
             teacher_ms=t * 1000,
             batch=spec.batch,
@@ -154,9 +210,45 @@ def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, 
             warmup=spec.warmup,
             engine=_engine(spec.runtime),
             runtime=spec.runtime,
+            cpu_class=cpu_class(),
+            protocol=PROTOCOL,
+            attempts=len(tried),
+            settled=settled,
+            teacher_drift=None if drift is None else round(drift, 4),
         )
     finally:
         torch.set_num_threads(previous)
+
+
+def _loaded(ratio: float, iqr: float, drift: float | None) -> bool:
+    return (drift is not None and drift > DRIFT) or iqr > SPREAD * ratio
+
+
+def _calls(model: nn.Module, x: torch.Tensor, round_s: float) -> int:
+    """How many calls of ``model`` fill a round of ``round_s`` seconds (the median of three single calls)."""
+    single = max(statistics.median(_time(model, x, 1) for _ in range(3)), 1e-7)
+    return max(1, math.ceil(round_s / single))
+
+
+def _attempt(candidate: nn.Module, teacher: nn.Module, x: torch.Tensor, spec: LatencySpec) -> tuple[float, float, float, float]:
+    """One measurement: (median ratio of the pairs, their interquartile range, candidate's and teacher's median s a call)."""
+    # Each model fills its own round, so a fast candidate's round is not shorter, and so less often
+    # interrupted, than the teacher's.
+    round_s = spec.min_round_ms / 1000
+    inner_t, inner_c = _calls(teacher, x, round_s), _calls(candidate, x, round_s)
+    ratios, cand, teach = [], [], []
+    for r in range(spec.repeats):
+        if r % 2:
+            c = _time(candidate, x, inner_c)
+            t = _time(teacher, x, inner_t)
+        else:
+            t = _time(teacher, x, inner_t)
+            c = _time(candidate, x, inner_c)
+        cand.append(c)
+        teach.append(t)
+        ratios.append(c / t)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+    return statistics.median(ratios), q[2] - q[0], statistics.median(cand), statistics.median(teach)
 
 
 def _engine(runtime: str) -> str:
@@ -165,9 +257,3 @@ def _engine(runtime: str) -> str:
 
         return runtime_version()
     return _materialize.ENGINE
-
-
-def _lower(times: list[float]) -> float:
-    """The ``QUANTILE`` of ``times`` (nearest rank; the fastest round when there are few)."""
-    ordered = sorted(times)
-    return ordered[min(len(ordered) - 1, int(QUANTILE * len(ordered)))]

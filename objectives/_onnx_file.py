@@ -43,6 +43,22 @@ def serialize(
     raise RuntimeError("the card's byte count did not settle")
 
 
+def with_card(blob: bytes, card: Mapping[str, Any]) -> bytes:
+    """``blob`` with ``card``'s entries merged into its ``squeeze.card`` (``bytes`` settled again); graph untouched."""
+    model = onnx.load_from_string(blob)
+    entries = {prop.key.removeprefix("squeeze."): prop.value for prop in model.metadata_props
+               if prop.key.startswith("squeeze.")}
+    old = json.loads(entries.pop("card", "{}"))
+    size = 0
+    for _ in range(4):
+        _set_metadata(model, {**entries, "card": _dumps({**old, **card, "bytes": size})})
+        out = model.SerializeToString()
+        if len(out) == size:
+            return out
+        size = len(out)
+    raise RuntimeError("the card's byte count did not settle")
+
+
 def io_card(
     *, in_channels: int, input_size: tuple[int, int], num_classes: int,
     mean: Iterable[float] | None = None, std: Iterable[float] | None = None,

@@ -29,6 +29,8 @@ class TrialAttr:
     """True when the latency is an earlier trial's measurement of the same network."""
     LATENCY_FROM_TRIAL = "latency_from_trial"
     """The trial that measured the network, when the latency was reused."""
+    TIMED_BY = "timed_by"
+    """The host of the study's target class that timed the candidate (the trial's ``worker`` trained it)."""
     LATENCY_DEVICE = "latency_device"
     """Where latency was measured (always the CPU)."""
     DEVICE = "device"
@@ -90,6 +92,10 @@ class StudyAttr:
     """What the check before the search took out of the space (each part, step and message) and what stays searched."""
     SPACE_FENCED = "space_fenced"
     """Parts of the space fenced after a trial failed on them alone: never proposed again (``docs/check.md``)."""
+    LATENCY_TARGET = "latency_target"
+    """Where candidates are timed: ``cpu_class``, ``runtime``, ``threads``, ``batch``; fixed when the study is created."""
+    LATENCY_BASELINE = "latency_baseline"
+    """The teacher's quiet time on the target (``cpu_class``, ``teacher_ms``), which every measurement's teacher is compared with."""
     TEACHER_ACCURACY = "teacher_accuracy"
     TEACHER_BYTES = "teacher_bytes"
     TEACHER_LATENCY_MS = "teacher_latency_ms"
@@ -105,11 +111,8 @@ def judged_attrs(judged: Judged) -> dict[str, Any]:
         TrialAttr.PLAN: judged.plan.to_dict(),
         TrialAttr.ACCURACY: judged.accuracy,
         TrialAttr.SIZE_BYTES: judged.size_bytes,
-        TrialAttr.LATENCY: judged.latency.attrs(),
         TrialAttr.LATENCY_KEY: judged.latency_key,
-        TrialAttr.LATENCY_REUSED: judged.latency_reused,
         TrialAttr.WEIGHTS: dict(judged.weights),
         TrialAttr.ARTIFACT_SHA256: judged.sha256,
-        TrialAttr.RUNTIME: judged.latency.runtime,
         TrialAttr.TIMINGS_S: dict(judged.timings),
     }

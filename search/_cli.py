@@ -54,15 +54,17 @@ def run(study: StudyArg, trials: TrialsOpt = None, storage: StorageOpt = None, s
 @app.command()
 def worker(study: StudyArg, trials: TrialsOpt = None, storage: StorageOpt = None, set_: SetOpt = None,
            data: DataOpt = None,
-           worker_id: Annotated[int, typer.Option("--worker-id", min=0, help="Seeds this worker's sampler.")] = 0) -> None:
+           worker_id: Annotated[int, typer.Option("--worker-id", min=0, help="Seeds this worker's sampler.")] = 0,
+           timing_only: Annotated[bool, typer.Option("--timing-only", help="Only time candidates waiting for the study's latency target (on a machine of that class).")] = False) -> None:
     """Join an existing study from any machine and work on it until its budget is met."""
     import squeeze.search as ss
 
-    _work(ss.work, study, worker=worker_id, storage=storage, overrides=set_ or (), trials=trials, data=data)
+    _work(ss.work, study, worker=worker_id, storage=storage, overrides=set_ or (), trials=trials, data=data,
+          timing_only=timing_only)
 
 
 def _work(verb, study: str, *, worker: int, storage: str | None, overrides: list[str], trials: int | None,
-          data: str | None) -> None:
+          data: str | None, timing_only: bool = False) -> None:
     """Run ``verb`` (``run`` or ``work``) with a progress bar that appears once the study has news."""
     import squeeze.search as ss
     from . import _storage as st
@@ -92,6 +94,8 @@ def _work(verb, study: str, *, worker: int, storage: str | None, overrides: list
         if frozen is not None and frozen.values:
             acc, size, lat = frozen.values
             last = f"#{frozen.number}: acc {acc:.3f}  {size / 1024:.1f} KB  latency x{lat:.2f}"
+        elif frozen is not None and frozen.state.name == "RUNNING":
+            last = f"#{frozen.number}: waits to be timed on the latency target"
         elif frozen is not None:
             last = f"#{frozen.number}: failed ({str(frozen.user_attrs.get(TrialAttr.ERROR, ''))[:60]})"
         bar.update(task, completed=counts["COMPLETE"], last=last)
@@ -101,7 +105,7 @@ def _work(verb, study: str, *, worker: int, storage: str | None, overrides: list
         bar.console.print(message, highlight=False)
 
     try:
-        report = verb(spec, worker=worker, log=log, on_trial=on_trial)
+        report = verb(spec, worker=worker, log=log, on_trial=on_trial, **({"timing_only": True} if timing_only else {}))
         show()
         bar.update(task, completed=report.budget_completed)
     finally:
@@ -110,6 +114,11 @@ def _work(verb, study: str, *, worker: int, storage: str | None, overrides: list
     if report.interrupted:
         err.print(f"interrupted: {report.budget_completed}/{budget} trials complete; run the same command to resume.")
         raise typer.Exit(130)  # the shell's code for SIGINT, so `squeeze run ... && next` stops here
+    if report.waiting_timing:
+        err.print(f"stopped: {report.budget_completed}/{budget} trials complete; {report.waiting_timing} trained "
+                  f"candidate(s) wait to be timed on the study's latency target (see `squeeze status`); start a worker "
+                  f"on a machine of that class.")
+        return
     err.print(f"done: {report.budget_completed}/{budget} trials complete ({report.failed} failed here).")
 
 
@@ -155,6 +164,13 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     table.add_row("live workers", str(s.live_workers))
     table.add_row("front size", str(s.front_size))
     table.add_row("hypervolume", f"{s.hypervolume:.4f}" if s.hypervolume is not None else "-")
+    if s.latency_target:
+        table.add_row("latency target", s.latency_target)
+    table.add_row("waiting to be timed", str(s.waiting_timing))
+    if s.timed_elsewhere:
+        table.add_row("timed off the target", str(s.timed_elsewhere))
+    if s.unsettled:
+        table.add_row("timed under load (flagged)", str(s.unsettled))
     if s.runtime:
         table.add_row("runtime", f"{s.runtime} ({'ONNX models' if s.runtime == 'onnxruntime' else 'SQZ1 artifacts'})")
     if s.sampler_ms is not None:

@@ -21,6 +21,7 @@ from squeeze.spaces import SqueezeError
 from . import _storage as st
 from ._attrs import StudyAttr
 from ._spec import StudyOptions, StudySpec
+from ._timing import LatencyTarget, ensure_target
 from ._workers import retry_callback
 
 OBJECTIVE_NAMES = ("accuracy", "size_bytes", "latency_ratio")
@@ -69,6 +70,8 @@ class Context:
     engine: sa.Engine
     storage: RDBStorage
     study: optuna.Study
+    target: LatencyTarget | None = None
+    """Where the study's candidates are timed (set by :func:`connect`)."""
 
 
 def _diff(stored: Any, current: Any, prefix: str = "") -> str | None:
@@ -122,15 +125,18 @@ def connect(spec: StudySpec, *, create: bool) -> Context:
             # a study created before squeeze set them gets them when it is next opened for work.
             with quiet_optuna():
                 study.set_metric_names(list(OBJECTIVE_NAMES))
-    return Context(spec=spec, url=url, engine=engine, storage=storage, study=study)
+    ctx = Context(spec=spec, url=url, engine=engine, storage=storage, study=study)
+    ctx.target = ensure_target(ctx)
+    return ctx
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     d = {k: v for k, v in config.items() if k not in ("study", "finalize")}
     d.get("task", {}).pop("data", None)
     if isinstance(d.get("latency"), dict):
-        # A study stored before `latency.runtime` existed ran in torch.
-        d["latency"] = {"runtime": "torch", **d["latency"]}
+        # A study stored before `latency.runtime` existed ran in torch. Its target is checked apart
+        # (``ensure_target``): a file that leaves it out resumes a study that has one.
+        d["latency"] = {"runtime": "torch", **{k: v for k, v in d["latency"].items() if k != "target"}}
     return d
 
 

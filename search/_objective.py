@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 import optuna
 
-from squeeze.objectives import TaskData, evaluate
-from squeeze.spaces import get_family
+from squeeze.objectives import Latency, TaskData, evaluate, measure, time_artifact
+from squeeze.spaces import SqueezeError, get_family
 
 from . import _storage as st
 from ._artifact_store import artifact_name, register_artifact
@@ -17,10 +19,11 @@ from ._attrs import TrialAttr, judged_attrs
 from ._check import StudySpace
 from ._context import Context
 from ._early import EarlyStop, StoppedEarly
-from ._latencies import LatencyBook
 from ._spec import StudySpec
 from ._teacher import TeacherBundle
-from ._workers import Objective, write_params
+from . import _timing_store as ts
+from ._timing import LatencyTarget, TimingHooks, ensure_baseline
+from ._workers import AwaitTiming, Objective, write_params
 
 
 def budget_violations(spec: StudySpec, values: tuple[float, float, float]) -> dict[str, float]:
@@ -37,18 +40,26 @@ def budget_violations(spec: StudySpec, values: tuple[float, float, float]) -> di
     return out
 
 
-def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -> Objective:
+def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle,
+                      target: LatencyTarget | None = None) -> Objective:
     """The real objective: a plan from the joint space, judged by :func:`squeeze.objectives.evaluate`.
 
-    A completed trial's artifact is stored before its values are returned, so every COMPLETE
-    trial has the bytes its size and latency were measured on.
+    Accuracy and the artifact are measured here, on any machine; latency only on the study's target
+    (``target``, default the study's; :mod:`._timing`). On a machine of the target class the candidate
+    is timed here, unless its network was measured already (then it takes that measurement);
+    elsewhere it is stored and its trial waits (RUNNING) for a worker of the target class. The
+    artifact is stored before the trial completes or waits, so every COMPLETE trial has the bytes its
+    size and latency were measured on.
     """
+    target = target or ctx.target
+    assert target is not None, "connect() sets the study's latency target"
+    timing = network_timing(ctx, data=data, teacher=teacher, target=target)
     spec = ctx.spec
     family = get_family(spec.task.family)
     spaces = StudySpace(ctx, teacher=teacher.model, data=data)
+    latency = replace(spec.latency, target=target.cpu_class)
 
     early = EarlyStop(spec, data=data, family=family)
-    book = LatencyBook()
 
     def objective(trial: optuna.Trial) -> tuple[tuple[float, float, float], dict[str, Any]]:
         started = time.perf_counter()
@@ -66,9 +77,9 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
             judged = evaluate(
                 plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,
                 options=spec.task.model, data=data, budget=spec.training, compress=spec.compress,
-                latency=spec.latency, seed=spec.training_seed(), device=spec.task.device,
+                latency=latency, seed=spec.training_seed(), device=spec.task.device,
                 check=(lambda stage, model: early.after_stage(stage, model, started=started)) if stoppable else None,
-                known_latency=lambda key: book.measured(trial.study, key),
+                timed=False,
             )
         except StoppedEarly as stop:
             for key, violation in stop.constraints.items():
@@ -79,17 +90,71 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle) -
             spaces.fence_failure(trial.number, plan, exc)
             raise
         early.finished(time.perf_counter() - started)
-        attrs = judged_attrs(judged) | {TrialAttr.WORKER: socket.gethostname()}
-        if judged.latency_reused:
-            attrs[TrialAttr.LATENCY_FROM_TRIAL] = book.measured_in(judged.latency_key)
-        values = (judged.accuracy, float(judged.size_bytes), judged.latency.ratio)
+        attrs = judged_attrs(judged) | {TrialAttr.WORKER: socket.gethostname(), TrialAttr.RUNTIME: latency.runtime}
+        # The draft (no latency figures in its card yet) is what a worker of the target times.
+        st.store_artifact(ctx.engine, spec.study.name, trial.number, judged.artifact, judged.sha256)
+        key = judged.latency_key
+        found = ts.measured(ctx.engine, spec.study.name, key)
+        if found is None and target.here():
+            for name, value in attrs.items():
+                trial.set_user_attr(name, value)  # what measure and complete read
+            measured = timing.measure(trial, ensure_baseline(trial.study, target, timing))
+            # Two workers of the target may time one network at once; the first stored is everyone's.
+            found = ts.store_measured(ctx.engine, spec.study.name, key, trial=trial.number, latency=measured)
+        if found is None:
+            raise AwaitTiming(key, attrs)
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
+        measured_in, measured = found
+        values = timing.complete(trial, measured, None if measured_in == trial.number else measured_in)
+        return values, {}  # every attribute is on the trial already (the final size and digest among them)
+
+    return objective
+
+
+def network_timing(ctx: Context, *, data: TaskData, teacher: TeacherBundle, target: LatencyTarget) -> TimingHooks:
+    """How a worker of the target class times a stored candidate and completes its trial."""
+    spec = ctx.spec
+    family = get_family(spec.task.family)
+    latency = replace(spec.latency, target=target.cpu_class)
+    example = data.x_train[:1]
+
+    def stored(number: int) -> bytes:
+        row = st.get_artifact(ctx.engine, spec.study.name, number)
+        if row is None:
+            raise SqueezeError(f"trial {number} has no stored artifact to time")
+        return row.data
+
+    def measure_trial(frozen: optuna.trial.FrozenTrial | optuna.Trial, baseline_ms: float | None) -> dict[str, Any]:
+        lat, _ = time_artifact(stored(frozen.number), teacher_deployed=teacher.deployed, example=example,
+                               latency=latency, family=family, baseline_ms=baseline_ms)
+        return lat.attrs()
+
+    def complete(trial: optuna.Trial, measured: dict[str, Any], from_trial: int | None) -> tuple[float, float, float]:
+        lat = Latency(**measured)
+        _, blob = time_artifact(stored(trial.number), teacher_deployed=teacher.deployed, example=example,
+                                latency=latency, family=family, known=lat)
+        sha = hashlib.sha256(blob).hexdigest()
+        accuracy = float(trial.user_attrs[TrialAttr.ACCURACY])
+        values = (accuracy, float(len(blob)), lat.ratio)
+        attrs: dict[str, Any] = {
+            TrialAttr.LATENCY: lat.attrs(), TrialAttr.LATENCY_REUSED: from_trial is not None,
+            TrialAttr.SIZE_BYTES: len(blob), TrialAttr.ARTIFACT_SHA256: sha,
+        }
+        if from_trial is not None:
+            attrs[TrialAttr.LATENCY_FROM_TRIAL] = from_trial
         constraints = budget_violations(spec, values)
         for key, violation in constraints.items():
             trial.set_constraint(key, violation)
         attrs[TrialAttr.FEASIBLE] = all(v <= 0 for v in constraints.values())
-        st.store_artifact(ctx.engine, spec.study.name, trial.number, judged.artifact, judged.sha256)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        st.store_artifact(ctx.engine, spec.study.name, trial.number, blob, sha)
         # The same bytes in the study's Optuna artifact store, so optuna-dashboard offers them for download.
-        register_artifact(ctx, judged.artifact, name=artifact_name(trial.number, spec.latency.runtime), trial=trial)
-        return values, attrs
+        register_artifact(ctx, blob, name=artifact_name(trial.number, spec.latency.runtime), trial=trial)
+        return values
 
-    return objective
+    def baseline() -> float:
+        return measure(teacher.deployed, teacher.deployed, example, spec=latency).teacher_ms
+
+    return TimingHooks(measure=measure_trial, complete=complete, baseline=baseline)

@@ -8,25 +8,26 @@ or resume), ensure the teacher, enqueue the references and anchors once, and bui
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
 
-from squeeze.objectives import Judged, TaskData, evaluate, load_task
+from squeeze.objectives import Judged, Latency, TaskData, evaluate, load_task
 from squeeze.spaces import CompressionPlan, JointSpace, SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
 from ._attrs import StudyAttr, TrialAttr
 from ._check import check_new_study, record_check
 from ._context import Context, connect, quiet_optuna
-from ._latencies import LatencyBook
-from ._objective import network_objective
+from . import _timing_store as ts
+from ._objective import network_objective, network_timing
 from ._pareto import Point, Teacher
 from ._readers import points
 from ._snapshots import RunningFront, maybe_snapshot
 from ._spec import StudySpec
 from ._teacher import TeacherBundle, ensure_teacher
+from ._timing import LatencyTarget, Timer, TimingHooks, ensure_target
 from ._workers import Objective, WorkerReport, work_loop, worker_seed
 from .samplers import anchor_params, make_sampler, reference_params, startup_trials
 
@@ -78,7 +79,8 @@ class Session:
     teacher: TeacherBundle
     space: JointSpace
     objective: Objective
-    _book: LatencyBook = field(default_factory=LatencyBook, repr=False)
+    target: LatencyTarget
+    timing: TimingHooks
 
     @property
     def spec(self) -> StudySpec:
@@ -102,15 +104,20 @@ class Session:
         trials: int | None = None,
         on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial], None] | None = None,
         handle_signals: bool = True,
+        timing_only: bool = False,
     ) -> WorkerReport:
         """Run trials until the study holds ``trials`` (default: its budget) completed ones, snapshotting the front.
 
         ``sampler`` replaces the study's own (for example Optuna's ``PartialFixedSampler`` around it).
+        On a machine of the study's latency target, waiting candidates are timed before new ones are
+        trained; ``timing_only``: only that.
         """
         if trials is not None and trials != self.spec.study.trials:
             self.ctx = connect(replace(self.spec, study=replace(self.spec.study, trials=trials)), create=False)
+        timer = Timer(self.ctx, self.timing, target=self.target)
         return run_worker(self.ctx, self.objective, worker=worker, sampler=sampler, on_trial=on_trial,
-                          handle_signals=handle_signals, teacher=self.teacher_figures)
+                          handle_signals=handle_signals, teacher=self.teacher_figures, timer=timer,
+                          timing_only=timing_only)
 
     def points(self) -> list[Point]:
         """Every completed trial of the study as a :class:`Point`."""
@@ -123,19 +130,24 @@ class Session:
             raise SqueezeError(f"trial {number} of study {self.spec.study.name!r} has no stored artifact.")
         return row.data
 
+    def _measured(self, key: str) -> Latency | None:
+        found = ts.measured(self.ctx.engine, self.spec.study.name, key)
+        return Latency(**found[1]) if found else None
+
     def evaluate(self, plan: CompressionPlan, *, seed: int | None = None) -> Judged:
         """Judge ``plan`` as a trial of this study would, under training seed ``seed`` (default: the study's).
 
-        Nothing is stopped early or stored; a network this session has timed before keeps that
-        measurement, so plans retrained under other seeds differ only in what training changes.
+        Nothing is stopped early or stored; a network the study has measured on its target keeps that
+        measurement, so plans retrained under other seeds differ only in what training changes. The
+        rest is timed here, whatever this machine's class.
         """
         spec = self.spec
         return evaluate(
             plan, teacher=self.teacher.model, teacher_deployed=self.teacher.deployed,
             family=get_family(spec.task.family), options=spec.task.model, data=self.data, budget=spec.training,
-            compress=spec.compress, latency=spec.latency, device=spec.task.device,
-            seed=spec.training_seed() if seed is None else seed,
-            known_latency=lambda key: self._book.measured(self.study, key),
+            compress=spec.compress, latency=replace(spec.latency, target=self.target.cpu_class),
+            device=spec.task.device, seed=spec.training_seed() if seed is None else seed,
+            known_latency=self._measured,
         )
 
 
@@ -153,8 +165,10 @@ def open_session(spec: StudySpec, *, create: bool = True, log: Callable[[str], N
     space = JointSpace(get_family(spec.task.family), spec.task.model, spec.space, teacher=teacher.model,
                        narrowing=narrowing)
     enqueue_references(ctx, space)
-    return Session(ctx=ctx, data=data, teacher=teacher, space=space,
-                   objective=network_objective(ctx, data=data, teacher=teacher))
+    target = ctx.target or ensure_target(ctx)
+    return Session(ctx=ctx, data=data, teacher=teacher, space=space, target=target,
+                   objective=network_objective(ctx, data=data, teacher=teacher, target=target),
+                   timing=network_timing(ctx, data=data, teacher=teacher, target=target))
 
 
 def enqueue_references(ctx: Context, space: JointSpace) -> None:
@@ -187,6 +201,8 @@ def run_worker(
     handle_signals: bool = True,
     teacher: Teacher | None = None,
     sampler: optuna.samplers.BaseSampler | None = None,
+    timer: Timer | None = None,
+    timing_only: bool = False,
 ) -> WorkerReport:
     """Run trials until the study holds ``spec.study.trials`` completed ones, or a signal arrives.
 
@@ -208,7 +224,7 @@ def run_worker(
 
     with quiet_optuna():
         return work_loop(ctx, objective, sampler=sampler, worker=worker, on_trial=after_trial, poll_s=poll_s,
-                         handle_signals=handle_signals)
+                         handle_signals=handle_signals, timer=timer, timing_only=timing_only)
 
 
 def work_on(
@@ -221,13 +237,18 @@ def work_on(
     teacher: Teacher | None = None,
     on_trial: Callable[[dict[str, int], optuna.trial.FrozenTrial], None] | None = None,
     handle_signals: bool = True,
+    timing: TimingHooks | None = None,
+    timing_only: bool = False,
 ) -> WorkerReport:
     """The worker loop (exact budget, heartbeats, retries, signals) around an objective of your own.
 
-    ``objective(trial)`` returns ``((accuracy, size_bytes, latency_ratio), attrs)``; it should call
-    nothing slow before it has suggested its parameters. With ``teacher``, the front is snapshotted as
-    in a real study. No data is read and no teacher trained: this is for measuring the machinery.
+    ``objective(trial)`` returns ``((accuracy, size_bytes, latency_ratio), attrs)``, or raises
+    ``AwaitTiming`` to leave the latency to a worker of the study's target class, which times it with
+    ``timing``; it should call nothing slow before it has suggested its parameters. With ``teacher``,
+    the front is snapshotted as in a real study. No data is read and no teacher trained: this is for
+    measuring the machinery.
     """
     ctx = connect(spec, create=create)
+    timer = Timer(ctx, timing, target=ctx.target or ensure_target(ctx)) if timing is not None else None
     return run_worker(ctx, objective, worker=worker, sampler=sampler, teacher=teacher, on_trial=on_trial,
-                      handle_signals=handle_signals)
+                      handle_signals=handle_signals, timer=timer, timing_only=timing_only)

@@ -14,7 +14,9 @@ from ._check import narrowing_of, stored_check
 from ._context import GRACE_S
 from ._pareto import Teacher, hypervolume, pareto_front, references_beaten
 from ._readers import points, teacher_of
+from . import _timing_store as ts
 from ._target import Target, open_study
+from ._timing import stored_target
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,14 @@ class Status:
     """What the study's check and its failed trials took out of the space, one line each (part, step, message)."""
     searched: tuple[str, ...] = ()
     """What the check left to search (empty for a study stored before checks)."""
+    latency_target: str | None = None
+    """Where candidates are timed: CPU class, runtime, threads, batch (None: a study stored before targets)."""
+    waiting_timing: int = 0
+    """Trained candidates waiting to be timed (or being timed) on the target; their trials count as running."""
+    timed_elsewhere: int = 0
+    """Completed trials whose latency was not measured on the target class (studies stored before targets)."""
+    unsettled: int = 0
+    """Completed trials whose measurement never settled (load on the target machine in every attempt)."""
 
 
 def study_status(target: Target) -> Status:
@@ -86,9 +96,16 @@ def study_status(target: Target) -> Status:
     runtime = (latency.get("runtime", "torch") if isinstance(latency, dict)
                else target.spec.latency.runtime if target.spec else None)
     check = stored_check(study)
+    timed_on = stored_target(study.user_attrs)
+    complete = [t.user_attrs.get(TrialAttr.LATENCY) for t in trials if t.state == TrialState.COMPLETE]
+    complete = [lat if isinstance(lat, dict) else {} for lat in complete]
     return Status(
         target.name, st.safe_url(target.url), counts, budget, retries, live, len(front), hv, teacher, errors,
         runtime=runtime,
+        latency_target=timed_on.describe() if timed_on else None,
+        waiting_timing=len(ts.pending_trials(engine, study.study_name)),
+        timed_elsewhere=sum(1 for lat in complete if timed_on is None or lat.get("cpu_class") != timed_on.cpu_class),
+        unsettled=sum(1 for lat in complete if lat.get("settled") is False),
         taken_out=tuple(r.describe() for r in narrowing_of(study.user_attrs).removals),
         searched=check.searched if check else (),
         sampler=recent[-1].user_attrs.get(TrialAttr.SAMPLER) if recent else None,

@@ -24,6 +24,7 @@ from . import _storage as st
 from ._attrs import StudyAttr
 from ._context import Context
 from ._study_views import write_note_once
+from ._timing import record_baseline
 
 
 @dataclass
@@ -94,6 +95,9 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
         ctx.study.set_user_attr(StudyAttr.TEACHER_BYTES, row.size_bytes)
         ctx.study.set_user_attr(StudyAttr.TEACHER_LATENCY_MS, row.latency_ms)
         ctx.study.set_user_attr(StudyAttr.TEACHER_SHA256, row.sha256)
+        if ctx.target is not None and ctx.target.here():
+            # Timed on the target: the baseline each measurement's teacher is compared with.
+            record_baseline(ctx.study, ctx.target, row.latency_ms)
         # Now the figures are known, the note that optuna-dashboard shows on the study's page (with the extra).
         write_note_once(ctx.study, spec.to_dict())
     else:

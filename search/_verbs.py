@@ -33,6 +33,7 @@ from ._plots import draw
 from ._session import Session, open_session, prepare
 from ._spec import DEFAULT_STORAGE, StudySpec
 from ._status import Status, study_status
+from ._timing import refuse_timing_only
 from ._target import StudyRef, Target, resolve
 from ._workers import WorkerReport
 
@@ -71,7 +72,7 @@ def _work_then_finalize(session: Session, *, worker: int, log: Callable[[str], N
                         on_trial: OnTrial | None) -> WorkerReport:
     """Trials until the budget is met, then the waiting finalize jobs: workers share both kinds of work."""
     report = session.work(worker=worker, on_trial=on_trial)
-    if not report.interrupted:
+    if not report.interrupted and not report.waiting_timing:
         try:
             run_finals(session.ctx, session.data, session.teacher, log=log)
         except KeyboardInterrupt:
@@ -89,16 +90,26 @@ def work(
     worker: int = 0,
     log: Callable[[str], None] = lambda _: None,
     on_trial: OnTrial | None = None,
+    timing_only: bool = False,
 ) -> WorkerReport:
     """Join an existing study as one worker (from any machine) and work until its budget is met.
 
     Like :func:`run`, but the study must exist: a worker never creates one. Both then take the
     study's waiting finalize jobs (:func:`finalize`) until none waits. ``worker`` seeds this
-    worker's sampler, so workers of one study should use different ids.
+    worker's sampler, so workers of one study should use different ids. On a machine of the study's
+    latency target, candidates waiting to be timed come first; ``timing_only``: this worker only times
+    (refused on a machine of another class).
     """
     target = resolve(study, storage=storage, overrides=overrides, trials=trials, data=data)
     spec = _needs_file(target, study, "worker")
-    return _work_then_finalize(open_session(spec, create=False, log=log), worker=worker, log=log, on_trial=on_trial)
+    if timing_only:
+        # Refused before the data is read or the teacher loaded.
+        target = connect(spec, create=False).target
+        assert target is not None
+        refuse_timing_only(target, spec.study.name)
+        return open_session(spec, create=False, log=log).work(worker=worker, on_trial=on_trial, timing_only=True)
+    session = open_session(spec, create=False, log=log)
+    return _work_then_finalize(session, worker=worker, log=log, on_trial=on_trial)
 
 
 def create(study: StudyRef, *, storage: str | None = None, overrides: Sequence[str] = (),

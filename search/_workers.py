@@ -25,6 +25,11 @@ machines; the database is the only thing they share. The rules they follow:
   PRUNED with its reasons as attributes; it does not count against the budget, nor as a failure.
 - **Signals.** SIGINT or SIGTERM: no new trial starts; the running one is failed as interrupted
   (and queued for one retry, since nothing was wrong with its parameters); the worker returns.
+- **Timing on the target.** An objective that raises :class:`AwaitTiming` has trained and stored its
+  candidate but leaves its latency to a worker of the study's target class (``_timing.py``): the trial
+  stays RUNNING, without heartbeats, with a job in ``squeeze_timings``, and is never failed as stale
+  while the job waits. A worker of the target class times waiting candidates before it asks for a new
+  trial; a worker of another class whose every remaining trial waits for timing stops, saying so.
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ from optuna.trial import FrozenTrial, TrialState
 from squeeze.spaces import SqueezeError
 
 from . import _storage as st
+from . import _timing_store as ts
 from ._batched import BatchedStorage
 from ._attrs import TrialAttr
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._timing import Timer
 
 MAX_FAILURES_IN_A_ROW = 10
 """A worker whose trials fail this many times in a row stops: the objective, not a plan, is broken."""
@@ -69,12 +76,27 @@ class Interrupted(BaseException):
     """
 
 
+class AwaitTiming(Exception):
+    """Raised by an objective whose candidate is trained and stored, to be timed on the study's target.
+
+    ``key`` is the network's latency key (candidates of one network share one measurement) and
+    ``attrs`` the trial attributes known so far (accuracy, plan, artifact digest...).
+    """
+
+    def __init__(self, key: str, attrs: dict[str, Any]) -> None:
+        super().__init__(f"waits to be timed on the study's latency target (network {key})")
+        self.key = key
+        self.attrs = attrs
+
+
 @dataclass
 class WorkerReport:
     completed: int
     failed: int
     budget_completed: int
     interrupted: bool
+    waiting_timing: int = 0
+    """Candidates left waiting to be timed on the study's target when this worker stopped."""
 
 
 def worker_seed(seed: int, worker: int) -> int:
@@ -115,7 +137,10 @@ def fail_stale_trials(ctx: Context, study: optuna.Study) -> list[int]:
     grace = ctx.spec.study.grace_s
     storage = ctx.storage
     failed = []
+    waiting = ts.pending_trials(ctx.engine, ctx.spec.study.name)  # their timing jobs have heartbeats of their own
     for trial_id, number in st.stale_trials(ctx.engine, study._study_id, grace_s=grace):
+        if number in waiting:
+            continue
         try:
             storage.set_trial_user_attr(
                 trial_id, TrialAttr.ERROR, f"its worker stopped heart-beating for over {grace} s (killed or cut off)"
@@ -206,11 +231,15 @@ def work_loop(
     on_trial: Callable[[dict[str, int], FrozenTrial | None], None] | None = None,
     poll_s: float = 1.0,
     handle_signals: bool = True,
+    timer: Timer | None = None,
+    timing_only: bool = False,
 ) -> WorkerReport:
     """Run trials until the study holds ``spec.study.trials`` completed ones, or a signal arrives.
 
-    ``on_trial(counts, frozen)`` is called after every trial this worker ran. See the module
-    docstring for the rules; this is the loop that applies them.
+    ``on_trial(counts, frozen)`` is called after every trial this worker ran or timed. ``timer`` times
+    waiting candidates when this machine is of the study's target class; ``timing_only``: this worker
+    only times, and never asks for a trial. See the module docstring for the rules; this is the loop
+    that applies them.
     """
     spec = ctx.spec
     name = spec.study.name
@@ -234,10 +263,33 @@ def work_loop(
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
     completed = failed = in_a_row = stopped_in_a_row = 0
+    waiting_timing = 0
     last_sweep = float("-inf")  # the first claim sweeps: stale trials fail before new ones begin
+
+    def queue(trial: optuna.Trial, key: str) -> None:
+        ts.queue_timing(ctx.engine, name, trial=trial.number, trial_id=trial._trial_id, key=key)
+
     try:
         with _Heartbeat(ctx, worker_id, batched) as beat:
             while not flags.stop:
+                if timer is not None and timer.on_target:
+                    # Candidates waiting for the target come before new ones.
+                    timed = timer.time_next(study)
+                    for frozen in timed:
+                        done = frozen.state == TrialState.COMPLETE
+                        completed += done
+                        failed += not done
+                        beat.completed += done
+                        beat.failed += not done
+                        if on_trial:
+                            on_trial(state_counts(ctx), frozen)
+                    if timed:
+                        continue
+                if timing_only:
+                    if state_counts(ctx)["COMPLETE"] >= budget:
+                        break
+                    _sleep(poll_s, flags)
+                    continue
                 trial = None
                 with st.study_lock(ctx.engine, name):
                     if time.monotonic() - last_sweep >= spec.study.heartbeat_s:
@@ -252,16 +304,23 @@ def work_loop(
                         trial = study.ask()
                         beat.start_trial(trial)
                 if trial is None:
+                    if timer is not None and not timer.on_target:
+                        pending = len(ts.pending_trials(ctx.engine, name))
+                        if pending and pending >= counts["RUNNING"]:
+                            # All that is left waits for a machine of the target class: nothing here can help.
+                            waiting_timing = pending
+                            break
                     # The rest of the budget is running elsewhere; wait in case one of them fails.
                     _sleep(poll_s, flags)
                     continue
-                frozen = _run_one(study, trial, objective, flags)
+                frozen = _run_one(study, trial, objective, flags, queue=queue)
                 done = frozen.state == TrialState.COMPLETE
                 pruned = frozen.state == TrialState.PRUNED
+                waits = frozen.state == TrialState.RUNNING  # trained, and waiting to be timed on the target
                 beat.end_trial(frozen.state)
                 completed += done
-                failed += not (done or pruned)
-                in_a_row = 0 if done or pruned else in_a_row + 1
+                failed += not (done or pruned or waits)
+                in_a_row = 0 if done or pruned or waits else in_a_row + 1
                 stopped_in_a_row = stopped_in_a_row + 1 if pruned else 0
                 if on_trial:
                     on_trial(state_counts(ctx), frozen)
@@ -282,7 +341,7 @@ def work_loop(
             signal.signal(sig, old)
     counts = state_counts(ctx)
     return WorkerReport(completed=completed, failed=failed, budget_completed=counts["COMPLETE"],
-                        interrupted=flags.stop)
+                        interrupted=flags.stop, waiting_timing=waiting_timing)
 
 
 class _Flags:
@@ -298,13 +357,15 @@ def _sleep(seconds: float, flags: _Flags) -> None:
         time.sleep(min(0.1, seconds))
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, flags: _Flags) -> FrozenTrial:
-    """Run and record one trial; returns it as stored."""
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, flags: _Flags,
+             queue: Callable[[optuna.Trial, str], None] | None = None) -> FrozenTrial:
+    """Run and record one trial; returns it as stored (RUNNING when it waits to be timed, queued by ``queue``)."""
     started = time.perf_counter()
     values: tuple[float, float, float] | None = None
     attrs: dict[str, Any] = {}
     error: str | None = None
     stopped: dict[str, Any] | None = None
+    waits: AwaitTiming | None = None
     interrupted = False
     try:
         try:
@@ -317,11 +378,27 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, fla
     except Interrupted as exc:
         interrupted = True
         error = f"interrupted ({exc}): the worker was stopped during the trial"
+    except AwaitTiming as exc:
+        waits = exc
     except optuna.TrialPruned as exc:
         # Stopped early: it could not meet a budget (see ``_early.py``); recorded PRUNED, with why.
         stopped = {TrialAttr.STOPPED_EARLY: str(exc) or "stopped", **getattr(exc, "attrs", {})}
     except Exception as exc:  # noqa: BLE001 - a failing trial fails alone; the study goes on
         error = f"{type(exc).__name__}: {exc}"[:2000]
+    if waits is not None and queue is not None:
+        for key, value in waits.attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr(TrialAttr.TRIAL_S, round(time.perf_counter() - started, 3))
+        try:
+            # Its attributes reach the database before the job that lets a worker of the target read them.
+            if isinstance(study._storage, BatchedStorage):
+                study._storage.flush(trial._trial_id)
+            queue(trial, waits.key)
+            return study._storage.get_trial(trial._trial_id)
+        except Exception as exc:  # noqa: BLE001 - then it fails like any trial that raises
+            error = f"could not leave the candidate waiting for timing: {type(exc).__name__}: {exc}"[:2000]
+    elif waits is not None:
+        error = "the objective left its candidate to be timed, but this loop has no timing queue"
     try:
         for key, value in (stopped or attrs if error is None else {TrialAttr.ERROR: error}).items():
             trial.set_user_attr(key, value)

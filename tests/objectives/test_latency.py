@@ -1,7 +1,10 @@
-"""The latency protocol: a ratio of lower deciles with its spread, robust to a busy machine, and every setting recorded."""
+"""The latency protocol: paired rounds of equal length, a median ratio with its spread, load detected and taken
+again (with real CPU contention: a busy process pinned beside the timing), and every setting recorded."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import time
 
@@ -9,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from squeeze.objectives import LatencySpec, cpu_model, measure
+from squeeze.objectives import CPU_CLASS_ENV, LatencySpec, cpu_class, cpu_model, measure
+from squeeze.objectives._latency import DRIFT, MAX_ATTEMPTS
 from squeeze.spaces import SqueezeError
 
 
@@ -39,14 +43,17 @@ def test_ratio_of_a_twice_as_slow_model_and_the_recorded_settings() -> None:
     assert attrs["batch"] == 3 and attrs["threads"] == 1 and attrs["repeats"] == 7 and attrs["warmup"] == 2
     assert attrs["engine"] == "x86"
     assert attrs["torch_version"] == torch.__version__ and attrs["cpu"] == cpu_model() != ""
-    assert set(attrs) >= {"ratio", "ratio_iqr", "candidate_ms", "teacher_ms"}
+    assert attrs["cpu_class"] == cpu_class() and attrs["protocol"] == "paired-median/2"
+    assert attrs["teacher_drift"] is None  # no baseline given
+    assert set(attrs) >= {"ratio", "ratio_iqr", "candidate_ms", "teacher_ms", "attempts", "settled"}
     assert torch.get_num_threads() == before  # the caller's thread count is restored
-    assert slow.calls == fast.calls  # interleaved: both ran the same rounds
+    # Each model fills its own round: the faster one makes more calls a round, so its rounds are not shorter.
+    assert fast.calls > 1.5 * slow.calls
 
 
-def test_a_busy_machine_in_most_rounds_does_not_move_the_ratio() -> None:
-    # Two equally fast models; in 7 of every 10 rounds something else slows the candidate threefold.
-    # The ratio of the fastest rounds still reads about 1; a median of per-round ratios would read 3.
+def test_a_machine_busy_on_one_side_is_taken_again_and_flagged() -> None:
+    # Two equally fast models; in 7 of every 10 calls something slows the candidate threefold, never
+    # the teacher. The pairs then spread widely: the measurement is taken again, and flagged unsettled.
     class Busy(Sleeper):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.calls += 1
@@ -54,9 +61,74 @@ def test_a_busy_machine_in_most_rounds_does_not_move_the_ratio() -> None:
             return x
 
     lat = measure(Busy(0.002), Sleeper(0.002), torch.zeros(1, 2),
-                  spec=LatencySpec(warmup=0, repeats=40, min_round_ms=0.001))
-    assert 0.8 < lat.ratio < 1.25, lat
-    assert lat.ratio_iqr > 1  # the spread still says how noisy the rounds were
+                  spec=LatencySpec(warmup=0, repeats=20, min_round_ms=0.001))
+    assert lat.attempts == MAX_ATTEMPTS and lat.settled is False, lat
+    assert lat.ratio_iqr > 0.2 * lat.ratio  # the spread says why
+
+
+def test_a_teacher_far_slower_than_its_baseline_is_taken_again_and_flagged() -> None:
+    model = Sleeper(0.002)
+    lat = measure(model, model, torch.zeros(1, 2), spec=LatencySpec(warmup=0, repeats=5, min_round_ms=2.0),
+                  baseline_ms=0.2, attempts=2)
+    assert lat.attempts == 2 and lat.settled is False
+    assert lat.teacher_drift is not None and lat.teacher_drift > DRIFT
+
+
+def _spin(ready) -> None:
+    ready.set()
+    while True:
+        pass
+
+
+class Twice(nn.Module):
+    """A candidate known to cost twice its teacher: it runs the teacher two times."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.inner(x))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity to pin a busy process")
+def test_real_contention_on_the_timing_core_is_seen_and_the_ratio_holds() -> None:
+    # A real busy process pinned to the very core that times: it takes about half of that core.
+    # Pairs of equally long rounds see the same share of it, so the ratio of a candidate that costs
+    # twice its teacher still reads about 2; the teacher, far slower than its quiet baseline, says so.
+    teacher = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256)).eval()
+    candidate = Twice(teacher).eval()
+    x = torch.randn(1, 256)
+    spec = LatencySpec(warmup=3, repeats=15, min_round_ms=20.0)
+    mask = os.sched_getaffinity(0)
+    core = min(mask)
+    os.sched_setaffinity(0, {core})
+    try:
+        quiet = measure(teacher, teacher, x, spec=spec).teacher_ms
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
+        busy = ctx.Process(target=_spin, args=(ready,), daemon=True)
+        busy.start()
+        try:
+            os.sched_setaffinity(busy.pid, {core})
+            assert ready.wait(60)
+            lat = measure(candidate, teacher, x, spec=spec, baseline_ms=quiet, attempts=2)
+        finally:
+            busy.kill()
+            busy.join()
+    finally:
+        os.sched_setaffinity(0, mask)
+    assert 1.6 < lat.ratio < 2.5, lat
+    assert lat.teacher_drift is not None and lat.teacher_drift > DRIFT, lat
+    assert lat.settled is False and lat.attempts == 2
+
+
+def test_the_cpu_class_names_the_int8_features_and_can_be_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CPU_CLASS_ENV, raising=False)
+    detected = cpu_class()
+    assert detected.startswith(cpu_model()) and detected.endswith("]")
+    monkeypatch.setenv(CPU_CLASS_ENV, "fleet-a")
+    assert cpu_class() == "fleet-a"
 
 
 def test_batch_is_what_the_models_see() -> None:
@@ -79,6 +151,7 @@ def test_batch_is_what_the_models_see() -> None:
         ("repeats", True, "`latency.repeats` must be a positive integer, but got True."),
         ("warmup", -1, "`latency.warmup` must be a non-negative integer, but got -1."),
         ("min_round_ms", 0, "`latency.min_round_ms` must be a positive number, but got 0."),
+        ("target", " ", "`latency.target` must be a CPU class string (see `squeeze status`), but got ' '."),
     ],
 )
 def test_bad_settings_say_the_rule(field: str, value: object, message: str) -> None:
