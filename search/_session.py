@@ -157,6 +157,7 @@ def open_session(spec: StudySpec, *, create: bool = True, log: Callable[[str], N
     Bad input is found before anything is written: the data is read, the model built and, for a new
     study, what can be compressed checked first (a study with nothing to search is refused there).
     """
+    st.check_readable(spec.study.storage)
     data = prepare(spec)
     check = check_new_study(spec, data, log=log) if create else None
     ctx = connect(spec, create=create)

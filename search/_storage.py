@@ -177,6 +177,34 @@ def _reason(exc: Exception) -> str:
     return text.rstrip(".")
 
 
+def _refuse_newer(version: int | None) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise SqueezeError(
+            f"the storage was written by a newer squeeze-search (schema {version}, this one reads "
+            f"{SCHEMA_VERSION}); upgrade squeeze-search."
+        )
+
+
+def check_readable(url: str) -> None:
+    """Refuse, before any work, a malformed URL or a database that a newer squeeze-search wrote; create nothing.
+
+    A SQLite file that does not exist yet is fine (it is created when the study is); a PostgreSQL server is
+    connected to, so an unreachable one is reported here rather than after the check and the data.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or not Path(parsed.database).exists()
+    ):
+        return
+    engine = engine_for(url)
+    try:
+        if "squeeze_schema" in sa.inspect(engine).get_table_names():
+            with engine.connect() as conn:
+                _refuse_newer(conn.execute(sa.text("SELECT MAX(version) FROM squeeze_schema")).scalar())
+    finally:
+        engine.dispose()
+
+
 def create_tables(engine: sa.Engine) -> None:
     """Create the project's tables if missing (idempotent under concurrency) and check the version."""
     for attempt in range(5):
@@ -195,11 +223,7 @@ def create_tables(engine: sa.Engine) -> None:
             except sa_exc.IntegrityError:
                 s.rollback()
             row = s.get(SchemaRow, 1)
-        if row is not None and row.version > SCHEMA_VERSION:
-            raise SqueezeError(
-                f"the storage was written by a newer squeeze-search (schema {row.version}, this one reads "
-                f"{SCHEMA_VERSION}); upgrade squeeze-search."
-            )
+        _refuse_newer(row.version if row is not None else None)
 
 
 def save_config(engine: sa.Engine, name: str, config: dict[str, Any]) -> dict[str, Any]:
