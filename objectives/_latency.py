@@ -1,21 +1,24 @@
-"""The latency protocol: teacher and candidate timed side by side, in paired rounds, in one process.
+"""The latency protocol: teacher and candidate timed side by side, in interleaved rounds, in one process.
 
 The sampler sees a ratio (candidate / teacher), not milliseconds: what slows the machine slows both
 models, so a ratio is far steadier than either time. It is *not* portable across kinds of CPU (int8
 kernels pay on some instruction sets and not on others), which is why a study has one latency target
 (:func:`cpu_class`) and only machines of that class time its candidates (``squeeze.search``).
 
-Load cannot be kept off a shared machine, so the protocol is built to cancel it rather than to
-dodge it (``docs/latency.md``):
+Load cannot be kept off a shared machine, so the protocol is built to see through it (``docs/latency.md``):
 
 - each model calls itself as often as it takes for *its* round to last ``min_round_ms``, so both
-  models' rounds are about equally long and equally likely to be interrupted;
-- rounds come in pairs, teacher and candidate back to back (the order alternating), and the ratio
-  is the median of the pairs' ratios: a pair sees one stretch of the machine, so a slow stretch
-  slows both halves of the pair, and the median ignores pairs that a burst hit on one side only;
-- the teacher's median time is compared with its baseline on the target (``baseline_ms``), and a
-  measurement whose teacher ran far slower than that, or whose pairs spread widely, is taken again,
-  up to ``MAX_ATTEMPTS`` times; one that never settles is kept (the steadiest attempt) and flagged.
+  models' rounds are about equally long and equally likely to be interrupted (with one call count
+  for both, a fast candidate's short rounds escaped interruptions that the teacher's long ones took);
+- rounds alternate, teacher and candidate back to back in pairs, the order switching every pair;
+- each model's time is the lower decile of its rounds: another process only ever *adds* time to a
+  round (it takes the core, or the cache and memory bus beside it), so the fastest rounds are those
+  closest to a model's own cost. On a 2-core machine under heavy load, the median of the pairs'
+  ratios moved up to 8x between measurements where this ratio moved 10% (``benchmarks/README.md``);
+- the teacher's time is compared with its quiet baseline on the target (``baseline_ms``), and the
+  ratio of the first half of the pairs with that of the second; a measurement whose teacher ran far
+  slower than its baseline, or whose halves disagree, is taken again, up to ``MAX_ATTEMPTS`` times in
+  all; one that never settles is kept (the attempt whose halves agree best) and flagged.
 """
 
 from __future__ import annotations
@@ -79,11 +82,13 @@ class LatencySpec:
 
 MAX_ATTEMPTS = 3
 """A measurement taken under load is taken again, at most this many times in all."""
+QUANTILE = 0.1
+"""Each model's time is this quantile of its rounds (the lower decile)."""
 DRIFT = 1.25
-"""Load: the teacher's median time over its baseline on the target above this factor."""
-SPREAD = 0.2
-"""Load: the pairs' ratios spread (interquartile range over the median) wider than this."""
-PROTOCOL = "paired-median/2"
+"""Load: the teacher's time over its quiet baseline on the target above this factor."""
+HALVES = 0.1
+"""Load: the ratios of the first and second half of the pairs differing by more than this fraction."""
+PROTOCOL = "equal-rounds/2"
 """The protocol's name, recorded with each measurement (measurements before it read ``lower-decile/1``)."""
 CPU_CLASS_ENV = "SQUEEZE_CPU_CLASS"
 INT8_FEATURES = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
@@ -114,13 +119,16 @@ class Latency:
     cpu_class: str = ""
     """The class of the CPU it was measured on (:func:`cpu_class`): model name and int8 features."""
     protocol: str = "lower-decile/1"
-    """How it was measured: :data:`PROTOCOL` now; ``lower-decile/1`` for measurements stored before."""
+    """How it was measured: :data:`PROTOCOL` now; ``lower-decile/1`` (one call count for both models, no
+    load checks) for measurements stored before."""
     attempts: int = 1
     """Measurements taken: more than one when load was detected."""
     settled: bool = True
-    """False when every attempt looked loaded (teacher far from its baseline, or pairs spread widely)."""
+    """False when every attempt looked loaded (teacher far from its baseline, or the halves disagreeing)."""
     teacher_drift: float | None = None
-    """The teacher's median time over its baseline on the target (None: no baseline yet)."""
+    """The teacher's time over its baseline on the target (None: no baseline yet)."""
+    halves: float | None = None
+    """How far the ratios of the first and second half of the pairs differ (a fraction)."""
 
     def attrs(self) -> dict[str, object]:
         return asdict(self)
@@ -170,11 +178,12 @@ def _time(model: nn.Module, x: torch.Tensor, inner: int) -> float:
 @torch.inference_mode()
 def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, spec: LatencySpec,
             baseline_ms: float | None = None, attempts: int = MAX_ATTEMPTS) -> Latency:
-    """Latency ratio of ``candidate`` to ``teacher`` (median of paired rounds) and its spread.
+    """Latency ratio of ``candidate`` to ``teacher`` (lower deciles of interleaved rounds of equal length) and its spread.
 
-    ``baseline_ms`` is the teacher's median time a call on this machine's class when it was quiet;
-    with it, a measurement whose teacher ran more than ``DRIFT`` times slower is taken again, as is
-    one whose pairs spread more than ``SPREAD``, up to ``attempts`` times in all.
+    ``baseline_ms`` is the teacher's time a call (this protocol's ``teacher_ms``) on this machine's
+    class when it was quiet; with it, a measurement whose teacher ran more than ``DRIFT`` times slower
+    is taken again, as is one whose two halves disagree by more than ``HALVES``, up to ``attempts``
+    times in all.
     """
     if attempts < 1:
         raise ValueError(f"`attempts` must be at least 1, but got {attempts}.")
@@ -187,21 +196,19 @@ def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, 
         for _ in range(spec.warmup):
             candidate(x)
             teacher(x)
-        tried: list[tuple[float, float, float, float, float | None]] = []
+        tried: list[_Attempt] = []
         for _ in range(attempts):
-            ratio, iqr, c, t = _attempt(candidate, teacher, x, spec)
-            drift = t * 1000 / baseline_ms if baseline_ms else None
-            tried.append((ratio, iqr, c, t, drift))
-            if not _loaded(ratio, iqr, drift):
+            tried.append(_attempt(candidate, teacher, x, spec, baseline_ms))
+            if not tried[-1].loaded:
                 break
-        settled = not _loaded(*tried[-1][:2], tried[-1][4])
-        # Unsettled: keep the steadiest attempt (the narrowest spread of its pairs).
-        ratio, iqr, c, t, drift = tried[-1] if settled else min(tried, key=lambda a: a[1] / a[0])
+        settled = not tried[-1].loaded
+        # Unsettled: keep the attempt whose halves agree best.
+        best = tried[-1] if settled else min(tried, key=lambda a: a.halves)
         return Latency(
-            ratio=ratio,
-            ratio_iqr=iqr,
-            candidate_ms=c * 1000,
-            teacher_ms=t * 1000,
+            ratio=best.ratio,
+            ratio_iqr=best.iqr,
+            candidate_ms=best.candidate_s * 1000,
+            teacher_ms=best.teacher_s * 1000,
             batch=spec.batch,
             threads=spec.threads,
             repeats=spec.repeats,
@@ -214,14 +221,25 @@ def measure(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, 
             protocol=PROTOCOL,
             attempts=len(tried),
             settled=settled,
-            teacher_drift=None if drift is None else round(drift, 4),
+            teacher_drift=None if best.drift is None else round(best.drift, 4),
+            halves=round(best.halves, 4),
         )
     finally:
         torch.set_num_threads(previous)
 
 
-def _loaded(ratio: float, iqr: float, drift: float | None) -> bool:
-    return (drift is not None and drift > DRIFT) or iqr > SPREAD * ratio
+@dataclass(frozen=True)
+class _Attempt:
+    ratio: float
+    iqr: float
+    candidate_s: float
+    teacher_s: float
+    drift: float | None
+    halves: float
+
+    @property
+    def loaded(self) -> bool:
+        return (self.drift is not None and self.drift > DRIFT) or self.halves > HALVES
 
 
 def _calls(model: nn.Module, x: torch.Tensor, round_s: float) -> int:
@@ -230,25 +248,31 @@ def _calls(model: nn.Module, x: torch.Tensor, round_s: float) -> int:
     return max(1, math.ceil(round_s / single))
 
 
-def _attempt(candidate: nn.Module, teacher: nn.Module, x: torch.Tensor, spec: LatencySpec) -> tuple[float, float, float, float]:
-    """One measurement: (median ratio of the pairs, their interquartile range, candidate's and teacher's median s a call)."""
-    # Each model fills its own round, so a fast candidate's round is not shorter, and so less often
-    # interrupted, than the teacher's.
+def _attempt(candidate: nn.Module, teacher: nn.Module, x: torch.Tensor, spec: LatencySpec,
+             baseline_ms: float | None) -> _Attempt:
+    """One measurement: the ratio of lower deciles, the pairs' spread, and the two load checks."""
     round_s = spec.min_round_ms / 1000
     inner_t, inner_c = _calls(teacher, x, round_s), _calls(candidate, x, round_s)
-    ratios, cand, teach = [], [], []
+    cand, teach = [], []
     for r in range(spec.repeats):
         if r % 2:
-            c = _time(candidate, x, inner_c)
-            t = _time(teacher, x, inner_t)
+            cand.append(_time(candidate, x, inner_c))
+            teach.append(_time(teacher, x, inner_t))
         else:
-            t = _time(teacher, x, inner_t)
-            c = _time(candidate, x, inner_c)
-        cand.append(c)
-        teach.append(t)
-        ratios.append(c / t)
+            teach.append(_time(teacher, x, inner_t))
+            cand.append(_time(candidate, x, inner_c))
+    ratios = [c / t for c, t in zip(cand, teach)]
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
-    return statistics.median(ratios), q[2] - q[0], statistics.median(cand), statistics.median(teach)
+    c, t = _lower(cand), _lower(teach)
+    half = len(cand) // 2
+    if half >= 2:
+        first = _lower(cand[:half]) / _lower(teach[:half])
+        second = _lower(cand[half:]) / _lower(teach[half:])
+        halves = abs(first - second) / min(first, second)
+    else:
+        halves = 0.0
+    return _Attempt(ratio=c / t, iqr=q[2] - q[0], candidate_s=c, teacher_s=t,
+                    drift=t * 1000 / baseline_ms if baseline_ms else None, halves=halves)
 
 
 def _engine(runtime: str) -> str:
@@ -257,3 +281,9 @@ def _engine(runtime: str) -> str:
 
         return runtime_version()
     return _materialize.ENGINE
+
+
+def _lower(times: list[float]) -> float:
+    """The ``QUANTILE`` of ``times`` (nearest rank; the fastest round when there are few)."""
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(QUANTILE * len(ordered)))]
