@@ -9,8 +9,10 @@ The three objectives are compared in a *normalised loss space* where every axis 
 * ``size_bytes / teacher.size_bytes`` (size relative to the teacher),
 * ``latency_ratio`` (candidate latency / teacher latency; already relative to the teacher).
 
-Dividing by the teacher makes the hypervolume comparable across studies and machines: bytes
-differ by orders of magnitude between tasks, and absolute latency differs between hosts.
+Dividing by the teacher puts every axis on one scale: bytes differ by orders of magnitude between
+tasks, and absolute latency differs between hosts. It does not make latency comparable across kinds of
+CPU (int8 kernels pay on some and not on others), so hypervolumes compare only between studies with the
+same latency target (``docs/latency.md``).
 """
 
 from __future__ import annotations
