@@ -15,7 +15,9 @@ The reference point of the hypervolume is (error 1.0, 1.5x the teacher's bytes, 
 Methods: ``random``, ``tpe``, ``nsga2`` (Optuna's, as ``study.sampler`` names them), ``auto`` (the
 default), and ``auto`` with one part off: ``auto-noanchors`` (TPE's random start-up instead of the
 uniform anchors), ``auto-nofront`` (no moves of front points), ``auto-norefs`` (no moves of the
-uniform references), ``auto-noswitch`` (TPE to the end, never NSGA-II). Results go to
+uniform references), ``auto-noswitch`` (TPE to the end, never NSGA-II); ``tpe-anchors`` is ``auto`` with
+every part off but the anchors (plain TPE after the uniform anchors). Every task runs in the ``torch``
+runtime (``latency.runtime=torch``), as the first digits rows did. Results go to
 ``--out/ablation.json`` (one row a study) and a markdown table on stdout.
 """
 
@@ -32,8 +34,7 @@ from pathlib import Path
 
 import optuna
 import torch
-
-from squeeze.objectives import decode, measure
+from squeeze.objectives import deploy, measure
 from squeeze.search import TrialAttr, hypervolume, load_spec, open_session, worker_seed
 from squeeze.search.samplers import AutoSampler
 
@@ -41,26 +42,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 TASKS = {
     # The default study, as a user runs it.
-    "digits": {"file": REPO / "studies" / "digits.toml", "set": []},
+    "digits": {"file": REPO / "studies" / "digits.toml", "set": ["latency.runtime=torch"]},
     # The search-quality benchmark's task: MNIST files, a 16-32-64 CNN.
     "mnist": {"file": REPO / "studies" / "digits.toml", "set": [
-        "task.dataset=mnist", "task.holdout=0.2", "task.options.limit=4000", "task.options.holdout_limit=1000",
+        "latency.runtime=torch", "task.dataset=mnist", "task.holdout=0.2", "task.options.limit=4000", "task.options.holdout_limit=1000",
         "training.teacher_epochs=3", "training.distill_steps=200", "training.finetune_steps=60",
         "training.qat_steps=40"]},
-    # A family auto was never tuned on: mobilenet_v2 (width 0.5) on the MNIST files.
+    # A family auto was never tuned on: mobilenet_v2 (width 0.5) on the MNIST files. Costly: its first trials took
+    # 72 to 121 s each on 2 loaded cores of an AMD EPYC (2026-12-07), so digits-ptq stood in for it there.
     "mobilenet": {"file": REPO / "studies" / "digits.toml", "set": [
-        "task.dataset=mnist", "task.family=mobilenet_v2", "task.model={width = 0.5}", "task.holdout=0.2",
+        "latency.runtime=torch", "task.dataset=mnist", "task.family=mobilenet_v2", "task.model={width = 0.5}", "task.holdout=0.2",
         "task.options.limit=3000", "task.options.holdout_limit=800", "training.teacher_epochs=2",
         "training.distill_steps=150", "training.finetune_steps=40", "training.qat_steps=30", "space.depth=false",
         "space.width=[0.5, 1.0]"]},
+    # A network, pruner and quantizer auto was never tuned on, at the default study's cost: the CNN at
+    # 24-48-96 with two blocks in its later stages, FPGM pruning and post-training quantization, on digits.
+    "digits-ptq": {"file": REPO / "studies" / "digits.toml", "set": [
+        "latency.runtime=torch", "task.model={widths = [24, 48, 96], depths = [1, 2, 2]}", "compress.pruner=fpgm",
+        "compress.quantizer=ptq"]},
 }
 
-METHODS = ("random", "tpe", "nsga2", "auto", "auto-noanchors", "auto-nofront", "auto-norefs", "auto-noswitch")
+METHODS = ("random", "tpe", "nsga2", "auto", "auto-noanchors", "auto-nofront", "auto-norefs", "auto-noswitch",
+           "tpe-anchors")
 
 
 def _sampler(method: str, *, seed: int, trials: int):
     """The sampler of an ``auto-*`` ablation; None for the methods ``study.sampler`` names itself."""
-    parts = {"auto-nofront": {"local": 0.0}, "auto-norefs": {"refine": 0}, "auto-noswitch": {"share": float("inf")}}
+    parts = {"auto-nofront": {"local": 0.0}, "auto-norefs": {"refine": 0}, "auto-noswitch": {"share": float("inf")},
+             "tpe-anchors": {"local": 0.0, "refine": 0, "share": float("inf")}}
     if method in parts:
         return AutoSampler(seed=worker_seed(seed, 0), trials=trials, **parts[method])
     return None
@@ -68,11 +77,11 @@ def _sampler(method: str, *, seed: int, trials: int):
 
 def _spec(args: argparse.Namespace, task: str, method: str, seed: int):
     name = f"{task}-{method}-s{seed}"
-    sampler = "auto" if method.startswith("auto") else method
+    sampler = "auto" if method.startswith("auto") or method == "tpe-anchors" else method
     overrides = [*TASKS[task]["set"], f"study.name={name}", f"study.sampler={sampler}", f"study.seed={seed}",
                  f"study.trials={args.trials or 40}", f"study.storage=sqlite:///{args.out / (name + '.db')}",
                  f"study.anchors={'false' if method == 'auto-noanchors' else 'true'}"]
-    return load_spec(TASKS[task]["file"], overrides=overrides, data=args.data if task != "digits" else None)
+    return load_spec(TASKS[task]["file"], overrides=overrides, data=None if task.startswith("digits") else args.data)
 
 
 def run_study(args: argparse.Namespace, task: str, method: str, seed: int) -> dict:
@@ -100,7 +109,8 @@ def retime(args: argparse.Namespace, task: str, seed: int, methods: list[str], r
         keys[m] = {t.number: t.user_attrs[TrialAttr.LATENCY_KEY] for t in done}
         for t in done:
             networks.setdefault(keys[m][t.number], (m, t.number))
-    modules = {key: decode(sessions[m].artifact(n)).module for key, (m, n) in networks.items()}
+    modules = {key: deploy(sessions[m].artifact(n), runtime=sessions[m].spec.latency.runtime)
+               for key, (m, n) in networks.items()}
     example = base.data.x_train[:1]
     timings: dict[str, list[float]] = {key: [] for key in networks}
     for attempt in range(args.retime_passes):
@@ -139,12 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=None, help="budget of each study (default: 40)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"))
-    parser.add_argument("--retime-passes", type=int, default=3)
+    parser.add_argument("--retime-passes", type=int, default=3, help="0: no retiming (studies run, table later)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "ablation")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "ablation.json"
+
+    def save(rows: list[dict]) -> list[dict]:
+        # Processes may share ``--out`` (one seed or method each): rows on file that this one lacks stay.
+        mine = {(r["task"], r["method"], r["seed"]) for r in rows}
+        on_file = json.loads(results.read_text()) if results.exists() else []
+        rows = [*rows, *(r for r in on_file if (r["task"], r["method"], r["seed"]) not in mine)]
+        results.write_text(json.dumps(rows, indent=1))
+        return rows
+
     rows = json.loads(results.read_text()) if results.exists() else []
     done = {(r["task"], r["method"], r["seed"]) for r in rows}
     for task in args.tasks:
@@ -154,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rows.append(run_study(args, task, method, seed))
                 print(f"# {rows[-1]}", flush=True)
-                results.write_text(json.dumps(rows, indent=1))
-            retime(args, task, seed, [m for m in args.methods], rows)
-            results.write_text(json.dumps(rows, indent=1))
+                rows = save(rows)
+            if args.retime_passes:
+                retime(args, task, seed, [m for m in args.methods], rows)
+                rows = save(rows)
     print(table([r for r in rows if r["task"] in args.tasks and r["method"] in args.methods]))
     return 0
 
