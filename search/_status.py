@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from . import _storage as st
+from . import _worker_store as ws
 from ._attrs import TrialAttr
 from ._check import narrowing_of, stored_check
 from ._context import GRACE_S
@@ -78,7 +79,7 @@ def study_status(target: Target) -> Status:
         counts[t.state.name] += 1
     retries = sum(1 for t in trials if "failed_trial" in t.system_attrs)
     grace = target.spec.study.grace_s if target.spec else GRACE_S
-    live = len(st.live_workers(engine, target.name, within_s=grace))
+    live = len(ws.live_workers(engine, target.name, within_s=grace))
     teacher = teacher_of(study)
     pts = points(study)
     front = pareto_front(pts)

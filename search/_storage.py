@@ -2,11 +2,12 @@
 
 - ``squeeze_schema``: one row, the version of these tables;
 - ``squeeze_studies``: each study's config as submitted;
-- ``squeeze_teachers``: the teacher checkpoint (weights, sha256, measured figures), one row per
-  study; the row is claimed before training, so concurrent workers train it once;
 - ``squeeze_snapshots``: the Pareto front and its hypervolume every N completed trials;
-- ``squeeze_workers``: one row per worker process that joined a study, with its heartbeat, so that
-  ``squeeze status`` shows the live ones (times are the database's clock, not the machines').
+- ``squeeze_artifacts``: each trial's stored bytes.
+
+Each kind of claimed job keeps its table in a module of its own, on the same ``Base``: the teacher
+(``_teacher_store``), the worker registry (``_worker_store``), finalize jobs (``_finals_store``) and
+latency timings (``_timing_store``). Here too: URLs, engines, the schema version, and the locks.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import os
-import socket
 import time
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,20 +57,6 @@ class StudyRow(Base):
     created_at: Mapped[dt.datetime]
 
 
-class TeacherRow(Base):
-    __tablename__ = "squeeze_teachers"
-    study: Mapped[str] = mapped_column(sa.String(512), primary_key=True)
-    state: Mapped[str] = mapped_column(sa.String(16))  # "training" or "ready"
-    owner: Mapped[str] = mapped_column(sa.String(128))
-    heartbeat: Mapped[dt.datetime]
-    weights: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
-    artifact: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
-    sha256: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    accuracy: Mapped[float | None]
-    size_bytes: Mapped[int | None]
-    latency_ms: Mapped[float | None]
-
-
 class SnapshotRow(Base):
     __tablename__ = "squeeze_snapshots"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -81,21 +66,6 @@ class SnapshotRow(Base):
     hypervolume: Mapped[float]
     elapsed_s: Mapped[float | None]
     created_at: Mapped[dt.datetime]
-
-
-class WorkerRow(Base):
-    __tablename__ = "squeeze_workers"
-    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    study: Mapped[str] = mapped_column(sa.String(512), index=True)
-    host: Mapped[str] = mapped_column(sa.String(255))
-    pid: Mapped[int]
-    worker: Mapped[int]
-    state: Mapped[str] = mapped_column(sa.String(16))  # "waiting", "working" or "stopped"
-    trial: Mapped[int | None]
-    completed: Mapped[int]
-    failed: Mapped[int]
-    started_at: Mapped[dt.datetime]
-    heartbeat: Mapped[dt.datetime]
 
 
 class ArtifactRow(Base):
@@ -245,78 +215,6 @@ def load_config(engine: sa.Engine, name: str) -> dict[str, Any] | None:
     with Session(engine) as s:
         row = s.get(StudyRow, name)
         return json.loads(row.config) if row else None
-
-
-def claim_teacher(engine: sa.Engine, study: str, owner: str, *, stale_after_s: float) -> TeacherRow | None:
-    """Return the ready teacher row, or claim the right to train it (returns None then).
-
-    Exactly one worker holds the claim; a claim whose holder stopped heart-beating for
-    ``stale_after_s`` seconds passes to the next worker that asks. Others wait and poll.
-    """
-    while True:
-        with Session(engine) as s:
-            row = s.get(TeacherRow, study)
-            if row is not None and row.state == "ready":
-                s.expunge(row)
-                return row
-            if row is None:
-                try:
-                    s.add(TeacherRow(study=study, state="training", owner=owner, heartbeat=now(),
-                                     accuracy=None, size_bytes=None, latency_ms=None))
-                    s.commit()
-                    return None
-                except sa_exc.IntegrityError:
-                    s.rollback()
-                    continue
-            if row.owner == owner:
-                return None
-            age = (now() - row.heartbeat).total_seconds()
-            if age > stale_after_s:
-                updated = s.execute(
-                    sa.update(TeacherRow)
-                    .where(TeacherRow.study == study, TeacherRow.owner == row.owner, TeacherRow.state == "training")
-                    .values(owner=owner, heartbeat=now())
-                )
-                s.commit()
-                if updated.rowcount == 1:
-                    return None
-        time.sleep(0.5)
-
-
-def release_teacher(engine: sa.Engine, study: str, owner: str) -> None:
-    """Give up a claim to train the teacher (its training was interrupted or failed): the next worker
-    that asks claims it at once instead of waiting for the claim to go stale."""
-    with Session(engine) as s:
-        s.execute(sa.delete(TeacherRow).where(TeacherRow.study == study, TeacherRow.owner == owner,
-                                              TeacherRow.state == "training"))
-        s.commit()
-
-
-def beat_teacher(engine: sa.Engine, study: str, owner: str) -> None:
-    with Session(engine) as s:
-        s.execute(sa.update(TeacherRow).where(TeacherRow.study == study, TeacherRow.owner == owner).values(heartbeat=now()))
-        s.commit()
-
-
-def store_teacher(engine: sa.Engine, study: str, owner: str, *, weights: bytes, artifact: bytes, sha256: str,
-                  accuracy: float, size_bytes: int, latency_ms: float) -> None:
-    with Session(engine) as s:
-        s.execute(
-            sa.update(TeacherRow)
-            .where(TeacherRow.study == study, TeacherRow.owner == owner)
-            .values(state="ready", weights=weights, artifact=artifact, sha256=sha256, accuracy=accuracy,
-                    size_bytes=size_bytes, latency_ms=latency_ms, heartbeat=now())
-        )
-        s.commit()
-
-
-def get_teacher(engine: sa.Engine, study: str) -> TeacherRow | None:
-    with Session(engine) as s:
-        row = s.get(TeacherRow, study)
-        if row is None or row.state != "ready":
-            return None
-        s.expunge(row)
-        return row
 
 
 def add_snapshot(engine: sa.Engine, study: str, *, completed: int, front: list[int], hypervolume: float,
@@ -470,67 +368,6 @@ def _naive_utc(value: dt.datetime | str) -> dt.datetime:
     if value.tzinfo is not None:
         value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return value
-
-
-def register_worker(engine: sa.Engine, study: str, *, worker: int, sole: bool, within_s: float) -> str:
-    """Add this process to the study's workers; returns its id.
-
-    ``sole`` (SQLite): refuse when another worker of the study is alive (a heartbeat within
-    ``within_s`` seconds, and, on this host, a running process): SQLite has one writer at a time.
-    Call it under :func:`study_lock` so two starting workers cannot both pass the check.
-    """
-    host, pid = socket.gethostname()[:255], os.getpid()
-    if sole:
-        for other in live_workers(engine, study, within_s=within_s):
-            if other.host == host and not _pid_alive(other.pid):
-                continue
-            raise SqueezeError(
-                f"study {study!r} already has a live worker (pid {other.pid} on {other.host}) and its storage is "
-                f"SQLite, which takes one writer at a time; use PostgreSQL (`--storage postgresql+psycopg://...` "
-                f"or ${STORAGE_ENV}) for several workers, or wait until that one stops."
-            )
-    worker_id = uuid.uuid4().hex
-    with Session(engine) as s:
-        now = db_now(s.connection())
-        s.add(WorkerRow(id=worker_id, study=study, host=host, pid=pid, worker=worker, state="waiting", trial=None,
-                        completed=0, failed=0, started_at=now, heartbeat=now))
-        s.commit()
-    return worker_id
-
-
-def beat_worker(engine: sa.Engine, worker_id: str, *, state: str, trial: int | None, completed: int,
-                failed: int) -> None:
-    """Record a worker's heartbeat, what it is doing, and its tallies."""
-    with Session(engine) as s:
-        s.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id).values(
-            state=state, trial=trial, completed=completed, failed=failed, heartbeat=db_now(s.connection())))
-        s.commit()
-
-
-def live_workers(engine: sa.Engine, study: str, *, within_s: float) -> list[WorkerRow]:
-    """The study's workers that have not stopped and beat within the last ``within_s`` seconds."""
-    if "squeeze_workers" not in sa.inspect(engine).get_table_names():
-        return []
-    with Session(engine) as s:
-        cutoff = db_now(s.connection()) - dt.timedelta(seconds=within_s)
-        rows = list(s.scalars(
-            sa.select(WorkerRow)
-            .where(WorkerRow.study == study, WorkerRow.state != "stopped", WorkerRow.heartbeat >= cutoff)
-            .order_by(WorkerRow.started_at)
-        ))
-        for r in rows:
-            s.expunge(r)
-        return rows
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def store_artifact(engine: sa.Engine, study: str, trial: int, data: bytes, sha256: str) -> None:

@@ -21,6 +21,7 @@ from squeeze.objectives import TaskData, accuracy, deploy, measure, teacher_arti
 from squeeze.spaces import SqueezeError, checkpoint_of, get_family, load_checkpoint
 
 from . import _storage as st
+from . import _teacher_store as tst
 from ._attrs import StudyAttr
 from ._context import Context
 from ._study_views import write_note_once
@@ -52,7 +53,7 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
     spec = ctx.spec
     family = get_family(spec.task.family)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    row = st.claim_teacher(ctx.engine, spec.study.name, owner, stale_after_s=spec.study.grace_s)
+    row = tst.claim_teacher(ctx.engine, spec.study.name, owner, stale_after_s=spec.study.grace_s)
     # The teacher's first weights come from the study's seed, not from whatever the process drew
     # before: the same study file trains the same teacher in any fresh database.
     torch.manual_seed(spec.study.seed)
@@ -77,19 +78,19 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
             deployed = deploy(art, runtime=spec.latency.runtime, family=family, threads=spec.latency.threads)
             acc = accuracy(deployed, data.x_holdout, data.y_holdout)
             lat = measure(deployed, deployed, data.x_train[:1], spec=spec.latency)
-            st.store_teacher(ctx.engine, spec.study.name, owner, weights=weights, artifact=art,
+            tst.store_teacher(ctx.engine, spec.study.name, owner, weights=weights, artifact=art,
                              sha256=hashlib.sha256(weights).hexdigest(), accuracy=acc, size_bytes=len(art),
                              latency_ms=lat.teacher_ms)
         except BaseException:
             # Ctrl-C, or a teacher that cannot be trained: the next run starts at once, not after grace_s.
             try:
-                st.release_teacher(ctx.engine, spec.study.name, owner)
+                tst.release_teacher(ctx.engine, spec.study.name, owner)
             except Exception:  # noqa: BLE001 - the claim then goes stale after grace_s, as if killed
                 pass
             raise
         finally:
             stop.set()
-        row = st.get_teacher(ctx.engine, spec.study.name)
+        row = tst.get_teacher(ctx.engine, spec.study.name)
         assert row is not None
         ctx.study.set_user_attr(StudyAttr.TEACHER_ACCURACY, row.accuracy)
         ctx.study.set_user_attr(StudyAttr.TEACHER_BYTES, row.size_bytes)
@@ -119,6 +120,6 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
 def _beat(engine: sa.Engine, study: str, owner: str, stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
         try:
-            st.beat_teacher(engine, study, owner)
+            tst.beat_teacher(engine, study, owner)
         except Exception:  # noqa: BLE001 - a missed beat only risks another worker taking over
             pass

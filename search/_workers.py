@@ -50,6 +50,7 @@ from optuna.trial import FrozenTrial, TrialState
 from squeeze.spaces import SqueezeError
 
 from . import _storage as st
+from . import _worker_store as ws
 from . import _timing_store as ts
 from ._batched import BatchedStorage
 from ._attrs import TrialAttr
@@ -196,7 +197,7 @@ class _Heartbeat:
 
     def _beat_worker(self, state: str, trial: int | None) -> None:
         try:
-            st.beat_worker(self._engine, self._worker_id, state=state, trial=trial, completed=self.completed,
+            ws.beat_worker(self._engine, self._worker_id, state=state, trial=trial, completed=self.completed,
                            failed=self.failed)
         except Exception:  # noqa: BLE001 - as above; status shows the worker late, nothing else
             pass
@@ -216,7 +217,7 @@ class _Heartbeat:
         self._stop.set()
         self._thread.join()
         try:
-            st.beat_worker(self._engine, self._worker_id, state="stopped", trial=None, completed=self.completed,
+            ws.beat_worker(self._engine, self._worker_id, state="stopped", trial=None, completed=self.completed,
                            failed=self.failed)
         except Exception:  # noqa: BLE001 - its heartbeat ages out anyway
             pass
@@ -257,7 +258,7 @@ def work_loop(
             raise Interrupted(signal.Signals(signum).name)
 
     with st.study_lock(ctx.engine, name):
-        worker_id = st.register_worker(ctx.engine, name, worker=worker, sole=st.is_sqlite(ctx.url),
+        worker_id = ws.register_worker(ctx.engine, name, worker=worker, sole=st.is_sqlite(ctx.url),
                                        within_s=spec.study.grace_s)
     if handle_signals and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

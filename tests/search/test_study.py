@@ -13,7 +13,7 @@ from squeeze.objectives import decode
 from squeeze.search import load_spec
 import squeeze.search as ss
 from squeeze.search import _context, _teacher
-from squeeze.search import _storage
+from squeeze.search import _storage, _teacher_store
 
 
 def test_tiny_study_end_to_end(tiny_study, tmp_path) -> None:
@@ -180,8 +180,8 @@ def test_an_interrupted_teacher_training_releases_its_claim(tiny_study, monkeypa
     with pytest.raises(KeyboardInterrupt):
         _teacher.ensure_teacher(ctx, data)
     # No claim is left behind, so another worker claims it at once (no wait for the grace period).
-    assert _storage.get_teacher(ctx.engine, "released") is None
-    assert _storage.claim_teacher(ctx.engine, "released", "another-worker", stale_after_s=3600) is None
+    assert _teacher_store.get_teacher(ctx.engine, "released") is None
+    assert _teacher_store.claim_teacher(ctx.engine, "released", "another-worker", stale_after_s=3600) is None
 
 
 def test_early_stops_are_capped_beside_the_trials_run_to_the_end(tiny_study) -> None:
