@@ -16,8 +16,9 @@ layout found for it here, so the speedup is not flattered by a weak float baseli
 ``--eager`` adds the unfolded float teacher as a second baseline.
 
 ``--contention N`` adds the contention table: the int8 artifact measured N times alone and N times
-with a competing process (a one-thread float matrix product, which loads the shared cache and memory
-bus) pinned to the other core, this process pinned to its own; the competitor is paused (SIGSTOP)
+with a competing process pinned to the other core (``--competitor``: ``spin``, a CPU-bound loop that
+touches almost no memory, and ``matmul``, a one-thread float matrix product that loads the shared cache
+and memory bus; one table each), this process pinned to its own; the competitor is paused (SIGSTOP)
 for the quiet measurements and resumed for the loaded ones, which alternate, so a slow drift of the
 machine falls on both. Each measurement is taken with today's protocol (``measure``: rounds of equal
 length, ratio of lower deciles, the teacher against its quiet baseline and the two halves against each
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eager", action="store_true", help="also time the unfolded float teacher")
     parser.add_argument("--contention", type=int, default=0, metavar="N",
                         help="only the contention table: N measurements alone and N with a competing process")
+    parser.add_argument("--competitor", nargs="+", choices=sorted(COMPETITORS), default=["spin", "matmul"],
+                        help="what competes on the other core, one table each")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -130,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
               f"trial ratio {judged.latency.ratio:.3f} (batch {judged.latency.batch})", flush=True)
 
     if args.contention:
-        return contention(decode(artifacts["int8"]).module, deployed, data.x_train[:1], n=args.contention,
-                          threads=args.threads, repeats=args.repeats)
+        return max(contention(decode(artifacts["int8"]).module, deployed, data.x_train[:1], n=args.contention,
+                              threads=args.threads, repeats=args.repeats, competitor=name) for name in args.competitor)
 
     print(f"\ncnn widths {OPTIONS['widths']} depths {OPTIONS['depths']}, 1x28x28, threads {args.threads}, "
           f"repeats {args.repeats}, torch {torch.__version__}, engine {ENGINES[0]}")
@@ -171,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-COMPETITOR = (
-    "import torch\n"
-    "torch.set_num_threads(1)\n"
-    "a = torch.randn(1024, 1024)\n"
-    "while True:\n"
-    "    a = torch.tanh(a @ a / 32)\n"
-)
+COMPETITORS = {
+    # A CPU-bound loop that keeps its core busy and touches almost no memory: another process's compute.
+    "spin": "x = 0\nwhile True:\n    x = (x * 1103515245 + 12345) % 2147483648\n",
+    # A one-thread float matrix product of 4 MB operands: it loads the shared cache and the memory bus.
+    "matmul": ("import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\n"
+               "while True:\n    a = torch.tanh(a @ a / 32)\n"),
+}
 
 
 @torch.inference_mode()
@@ -185,7 +188,8 @@ def other_protocol(candidate: nn.Module, teacher: nn.Module, example: torch.Tens
                    kind: str, min_round_ms: float = 2.0) -> float:
     """A protocol not taken, kept here to compare with ``measure``. ``before``: the protocol before issue 28,
     one call count for both models (enough for the slower to fill ``min_round_ms``), ratio of the lower
-    deciles; ``pairs``: rounds of equal length as today, ratio the median of the pairs' ratios."""
+    deciles; over rounds of equal length as today, ``deciles``: always the ratio of the lower deciles,
+    ``pairs``: always the median of the pairs' ratios."""
     def timed(model: nn.Module, inner: int) -> float:
         start = time.perf_counter()
         for _ in range(inner):
@@ -217,7 +221,7 @@ def _load() -> str:
 
 
 def contention(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, n: int, threads: int,
-               repeats: int) -> int:
+               repeats: int, competitor: str = "matmul") -> int:
     """The int8 artifact against the teacher, ``n`` times alone and ``n`` times beside a competing process."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -229,28 +233,36 @@ def contention(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, 
     spec = LatencySpec(threads=threads, repeats=repeats)
     print(f"# load average before: {_load()}", flush=True)
     baseline = measure(teacher, teacher, example, spec=spec).teacher_ms
-    rival = subprocess.Popen([sys.executable, "-c", COMPETITOR])
+    rival = subprocess.Popen([sys.executable, "-c", COMPETITORS[competitor]])
+    protocols = {
+        "today": lambda: measure(candidate, teacher, example, spec=spec, baseline_ms=baseline),
+        "before": lambda: other_protocol(candidate, teacher, example, repeats=repeats, kind="before"),
+        "deciles": lambda: other_protocol(candidate, teacher, example, repeats=repeats, kind="deciles"),
+        "pairs": lambda: other_protocol(candidate, teacher, example, repeats=repeats, kind="pairs"),
+    }
     try:
         os.sched_setaffinity(rival.pid, {theirs})
-        time.sleep(2)  # its import and first products
+        time.sleep(2)  # its start-up
         rows: dict[str, list] = {"alone": [], "contended": []}
-        for _ in range(n):
+        for i in range(n):
             for kind in ("alone", "contended"):
                 os.kill(rival.pid, signal.SIGSTOP if kind == "alone" else signal.SIGCONT)
-                time.sleep(0.2)
-                lat = measure(candidate, teacher, example, spec=spec, baseline_ms=baseline)
-                before = other_protocol(candidate, teacher, example, repeats=repeats, kind="before")
-                pairs = other_protocol(candidate, teacher, example, repeats=repeats, kind="pairs")
-                rows[kind].append((lat, before, pairs))
+                time.sleep(1)  # the scheduler settles the other jobs between the two cores
+                # The protocols take turns at going first, so none always meets the first second of a change.
+                order = list(protocols)[i % 4:] + list(protocols)[:i % 4]
+                found = {name: protocols[name]() for name in order}
+                rows[kind].append(tuple(found[name] for name in protocols))
     finally:
         rival.kill()
         rival.wait()
+        os.sched_setaffinity(0, set(cores))
     print(f"# load average after: {_load()}")
     print(f"\nint8 cnn {OPTIONS['widths']} against the folded float teacher, batch 1, threads {threads}, repeats {repeats}; "
-          f"timing on core {mine}, competitor on core {theirs}; teacher baseline {baseline:.3f} ms\n")
-    print(f"| condition | protocol | median ratio | min - max of the {n} | spread (max-min)/median | halves, median | teacher drift, median | taken again | unsettled |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = ("today: equal rounds, lower deciles", "before: one call count, lower deciles", "equal rounds, median of pairs")
+          f"timing on core {mine}, competitor `{competitor}` on core {theirs}; teacher baseline {baseline:.3f} ms\n")
+    print(f"| condition | protocol | median ratio | min - max of the {n} | spread (max-min)/median | halves, median | teacher drift, median | median of pairs used | taken again | unsettled |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = ("today (measure)", "before: one call count, lower deciles", "equal rounds, lower deciles always",
+             "equal rounds, median of pairs always")
     medians = {}
     for kind, found in rows.items():
         for index, name in enumerate(names):
@@ -259,8 +271,9 @@ def contention(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, 
             medians[(kind, index)] = med
             extra = (f"{statistics.median(lat.halves for lat, *_ in found):.3f} | "
                      f"{statistics.median(lat.teacher_drift for lat, *_ in found):.2f} | "
+                     f"{sum(lat.estimate == 'median-of-pairs' for lat, *_ in found)} | "
                      f"{sum(lat.attempts > 1 for lat, *_ in found)} | {sum(not lat.settled for lat, *_ in found)}"
-                     if index == 0 else "- | - | - | -")
+                     if index == 0 else "- | - | - | - | -")
             print(f"| {kind} | {name} | {med:.3f} | {min(ratios):.3f} - {max(ratios):.3f} | "
                   f"{(max(ratios) - min(ratios)) / med:.1%} | {extra} |")
     print()

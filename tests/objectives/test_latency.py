@@ -66,8 +66,8 @@ def test_a_busy_machine_in_most_rounds_does_not_move_the_ratio() -> None:
 
 def test_a_measurement_whose_halves_disagree_is_taken_again() -> None:
     # The candidate turns three times slower halfway through the first attempt (as if a long job
-    # started beside it): its two halves disagree, so it is taken again, and the second attempt,
-    # slow throughout, settles.
+    # started beside it): its two halves disagree, so it is taken again, and a later attempt, slow
+    # throughout, settles.
     class Turning(Sleeper):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.calls += 1
@@ -76,7 +76,7 @@ def test_a_measurement_whose_halves_disagree_is_taken_again() -> None:
 
     lat = measure(Turning(0.002), Sleeper(0.002), torch.zeros(1, 2),
                   spec=LatencySpec(warmup=0, repeats=20, min_round_ms=0.001))
-    assert lat.attempts == 2 and lat.settled, lat
+    assert lat.attempts >= 2 and lat.settled, lat
     assert 2.5 < lat.ratio < 3.5, lat
 
 
