@@ -18,9 +18,8 @@ import sqlalchemy as sa
 import torch
 
 from squeeze.objectives import TaskData, accuracy, deploy, measure, teacher_artifact, train_teacher, training_device
-from squeeze.spaces import SqueezeError, checkpoint_of, get_family, load_checkpoint
+from squeeze.spaces import SqueezeError, checkpoint_of, get_family, load_checkpoint, load_weights
 
-from . import _storage as st
 from . import _teacher_store as tst
 from ._attrs import StudyAttr
 from ._context import Context
@@ -104,7 +103,7 @@ def ensure_teacher(ctx: Context, data: TaskData, *, log: Callable[[str], None] =
     else:
         log("loading the stored teacher")
     try:
-        model.load_state_dict(load(row.weights))
+        load_weights(model, load(row.weights))
     except RuntimeError:
         raise SqueezeError(
             f"the stored teacher of study {spec.study.name!r} does not fit `task.model`; use a new study name."

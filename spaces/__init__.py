@@ -1,7 +1,7 @@
 """What is searched: model families, their stable layer names, the joint space and the plan."""
 
 from . import _cnn, _torchvision  # noqa: F401  (register the built-in families)
-from ._checkpoint import checkpoint_of, load_checkpoint
+from ._checkpoint import checkpoint_of, load_checkpoint, load_weights
 from ._errors import SqueezeError
 from ._families import Knob, ModelFamily, family_named, get_family, list_families, register_family
 from ._groups import GraphError, Group, discover, one_line
@@ -31,6 +31,7 @@ __all__ = [
     "import_object",
     "list_families",
     "load_checkpoint",
+    "load_weights",
     "one_line",
     "register_family",
     "runs_int8",

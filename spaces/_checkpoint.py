@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,18 @@ def checkpoint_of(options: Mapping[str, Any]) -> str | None:
 
 def _shape(t: Any) -> str:
     return str(tuple(t.shape)) if hasattr(t, "shape") else type(t).__name__
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a plain mapping of tensors into ``model`` (strict), as a state dict the model wrote would load.
+
+    A state dict carries each module's format version in ``_metadata``, and some torchvision modules
+    (MNASNet) refuse one without it; weights kept as plain tensors (safetensors, a checkpoint) lose it, and
+    the freshly built model of the same family has the same versions.
+    """
+    full = OrderedDict(state)
+    full._metadata = getattr(model.state_dict(), "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    model.load_state_dict(full, strict=True)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, family: str) -> nn.Module:
@@ -70,5 +83,5 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, family: str) -> nn.Mo
         raise SqueezeError(
             f"`{KEY}` file `{p}` does not fit the teacher that `task.model` describes: {'; '.join(problems)}; expected {wanted}."
         )
-    model.load_state_dict(dict(state), strict=True)
+    load_weights(model, state)
     return model

@@ -246,3 +246,20 @@ def test_a_factory_that_does_not_import_names_the_key(family: str, message: str)
 def test_user_factory_options_are_checked(options: dict, message: str) -> None:
     with pytest.raises(SqueezeError, match=message):
         get_family(USER_FAMILY).check_options(options)
+
+
+def test_weights_kept_as_plain_tensors_load_into_a_torchvision_module_that_checks_its_version() -> None:
+    # MNASNet refuses a state dict without its format version, which plain tensors (safetensors,
+    # the stored teacher, a checkpoint) do not carry: a stored MNASNet teacher could not be loaded again.
+    import torchvision
+    from safetensors.torch import load, save
+
+    from squeeze.spaces import load_weights
+
+    model = torchvision.models.mnasnet0_5(num_classes=10)
+    plain = load(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    fresh = torchvision.models.mnasnet0_5(num_classes=10)
+    with pytest.raises(ValueError, match="version"):
+        fresh.load_state_dict(plain)
+    load_weights(fresh, plain)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
