@@ -1,5 +1,6 @@
 """The latency protocol: interleaved rounds of equal length, a ratio of lower deciles with its spread, load
-detected and taken again (with real CPU contention: a busy process pinned beside the timing), every setting recorded."""
+detected and taken again, every setting recorded. Real CPU contention is measured in
+``benchmarks/latency.py --contention``, not asserted here (a timed bound fails under load)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import torch
 from torch import nn
 
 from squeeze.objectives import CPU_CLASS_ENV, LatencySpec, cpu_class, cpu_model, measure
-from squeeze.objectives._latency import DRIFT, MAX_ATTEMPTS
 from squeeze.spaces import SqueezeError
 
 
@@ -85,7 +85,7 @@ def test_a_teacher_far_slower_than_its_baseline_is_taken_again_and_flagged() -> 
     lat = measure(model, model, torch.zeros(1, 2), spec=LatencySpec(warmup=0, repeats=5, min_round_ms=2.0),
                   baseline_ms=0.2, attempts=2)
     assert lat.attempts == 2 and lat.settled is False
-    assert lat.teacher_drift is not None and lat.teacher_drift > DRIFT
+    assert lat.teacher_drift is not None and lat.teacher_drift > 1.25  # the protocol's threshold
 
 
 def test_the_cpu_class_names_the_int8_features_and_can_be_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
