@@ -1,4 +1,4 @@
-"""Sampler ablation across tasks: ``auto``'s parts one by one against plain TPE, NSGA-II and random search.
+"""Sampler ablation across tasks: the default sampler against plain TPE, NSGA-II and random search.
 
 Every (task, method, seed) is one study in its own SQLite file under ``--out``, run to the task's budget
 through the library's own worker loop (:func:`squeeze.search.open_session`), uniform references
@@ -12,13 +12,13 @@ The reference point of the hypervolume is (error 1.0, 1.5x the teacher's bytes, 
     python benchmarks/ablation.py --tasks digits --seeds 0 1 2 --out benchmarks/out/ablation
     python benchmarks/ablation.py --tasks mnist --data ../shared/data/mnist --seeds 0 1 2
 
-Methods: ``random``, ``tpe``, ``nsga2`` (Optuna's, as ``study.sampler`` names them), ``auto`` (the
-default), and ``auto`` with one part off: ``auto-noanchors`` (TPE's random start-up instead of the
-uniform anchors), ``auto-nofront`` (no moves of front points), ``auto-norefs`` (no moves of the
-uniform references), ``auto-noswitch`` (TPE to the end, never NSGA-II); ``tpe-anchors`` is ``auto`` with
-every part off but the anchors (plain TPE after the uniform anchors). Every task runs in the ``torch``
-runtime (``latency.runtime=torch``), as the first digits rows did. Results go to
-``--out/ablation.json`` (one row a study) and a markdown table on stdout.
+Methods: ``random``, ``tpe``, ``nsga2``, ``gp`` and ``auto`` (the default), as ``study.sampler`` names
+them. The earlier ``auto`` (uniform anchors, local moves of front points and of the references, a switch
+to NSGA-II) and its ablations (``auto-noanchors``, ``auto-nofront``, ``auto-norefs``, ``auto-noswitch``,
+``tpe-anchors``) ran with this script as of commit 3b7ae2a; the ablation removed them from the product
+(``benchmarks/README.md``, "Sampler ablation across tasks"). Every task runs in the ``torch`` runtime
+(``latency.runtime=torch``), as the first digits rows did. Results go to ``--out/ablation.json`` (one
+row a study) and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from pathlib import Path
 import optuna
 import torch
 from squeeze.objectives import deploy, measure
-from squeeze.search import TrialAttr, hypervolume, load_spec, open_session, worker_seed
-from squeeze.search.samplers import AutoSampler
+from squeeze.search import TrialAttr, hypervolume, load_spec, open_session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +47,8 @@ TASKS = {
         "latency.runtime=torch", "task.dataset=mnist", "task.holdout=0.2", "task.options.limit=4000", "task.options.holdout_limit=1000",
         "training.teacher_epochs=3", "training.distill_steps=200", "training.finetune_steps=60",
         "training.qat_steps=40"]},
-    # A family auto was never tuned on: mobilenet_v2 (width 0.5) on the MNIST files. Costly: its first trials took
-    # 72 to 121 s each on 2 loaded cores of an AMD EPYC (2026-12-07), so digits-ptq stood in for it there.
+    # A family auto was never tuned on: mobilenet_v2 (width 0.5) on the MNIST files. Costly: its first trial took
+    # 121 s on 2 loaded cores of an AMD EPYC (2026-12-07; 72 s on digits' 8x8 images), so digits-ptq stood in for it.
     "mobilenet": {"file": REPO / "studies" / "digits.toml", "set": [
         "latency.runtime=torch", "task.dataset=mnist", "task.family=mobilenet_v2", "task.model={width = 0.5}", "task.holdout=0.2",
         "task.options.limit=3000", "task.options.holdout_limit=800", "training.teacher_epochs=2",
@@ -62,25 +61,13 @@ TASKS = {
         "compress.quantizer=ptq"]},
 }
 
-METHODS = ("random", "tpe", "nsga2", "auto", "auto-noanchors", "auto-nofront", "auto-norefs", "auto-noswitch",
-           "tpe-anchors")
-
-
-def _sampler(method: str, *, seed: int, trials: int):
-    """The sampler of an ``auto-*`` ablation; None for the methods ``study.sampler`` names itself."""
-    parts = {"auto-nofront": {"local": 0.0}, "auto-norefs": {"refine": 0}, "auto-noswitch": {"share": float("inf")},
-             "tpe-anchors": {"local": 0.0, "refine": 0, "share": float("inf")}}
-    if method in parts:
-        return AutoSampler(seed=worker_seed(seed, 0), trials=trials, **parts[method])
-    return None
+METHODS = ("random", "tpe", "nsga2", "gp", "auto")
 
 
 def _spec(args: argparse.Namespace, task: str, method: str, seed: int):
     name = f"{task}-{method}-s{seed}"
-    sampler = "auto" if method.startswith("auto") or method == "tpe-anchors" else method
-    overrides = [*TASKS[task]["set"], f"study.name={name}", f"study.sampler={sampler}", f"study.seed={seed}",
-                 f"study.trials={args.trials or 40}", f"study.storage=sqlite:///{args.out / (name + '.db')}",
-                 f"study.anchors={'false' if method == 'auto-noanchors' else 'true'}"]
+    overrides = [*TASKS[task]["set"], f"study.name={name}", f"study.sampler={method}", f"study.seed={seed}",
+                 f"study.trials={args.trials or 40}", f"study.storage=sqlite:///{args.out / (name + '.db')}"]
     return load_spec(TASKS[task]["file"], overrides=overrides, data=None if task.startswith("digits") else args.data)
 
 
@@ -90,7 +77,7 @@ def run_study(args: argparse.Namespace, task: str, method: str, seed: int) -> di
     spec = _spec(args, task, method, seed)
     started = time.perf_counter()
     session = open_session(spec, create=True)
-    session.work(sampler=_sampler(method, seed=seed, trials=spec.study.trials), handle_signals=False)
+    session.work(handle_signals=False)
     points = session.points()
     return {"task": task, "method": method, "seed": seed, "trials": len(points),
             "minutes": round((time.perf_counter() - started) / 60, 2),
@@ -145,7 +132,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["digits"], choices=sorted(TASKS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=["random", "tpe", "nsga2", "auto"], choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=None, help="budget of each study (default: 40)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"))
@@ -156,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "ablation.json"
 
-    def save(rows: list[dict]) -> list[dict]:
-        # Processes may share ``--out`` (one seed or method each): rows on file that this one lacks stay.
-        mine = {(r["task"], r["method"], r["seed"]) for r in rows}
+    def save(rows: list[dict], changed: set[tuple]) -> list[dict]:
+        # Processes may share ``--out`` (one seed or method each): only the rows this one ran or retimed
+        # replace those on file.
         on_file = json.loads(results.read_text()) if results.exists() else []
-        rows = [*rows, *(r for r in on_file if (r["task"], r["method"], r["seed"]) not in mine)]
-        results.write_text(json.dumps(rows, indent=1))
-        return rows
+        merged = {(r["task"], r["method"], r["seed"]): r for r in on_file}
+        merged.update({(r["task"], r["method"], r["seed"]): r for r in rows if (r["task"], r["method"], r["seed"]) in changed})
+        results.write_text(json.dumps(list(merged.values()), indent=1))
+        return list(merged.values())
 
     rows = json.loads(results.read_text()) if results.exists() else []
     done = {(r["task"], r["method"], r["seed"]) for r in rows}
@@ -173,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rows.append(run_study(args, task, method, seed))
                 print(f"# {rows[-1]}", flush=True)
-                rows = save(rows)
+                rows = save(rows, {(task, method, seed)})
             if args.retime_passes:
                 retime(args, task, seed, [m for m in args.methods], rows)
-                rows = save(rows)
+                rows = save(rows, {(task, m, seed) for m in args.methods})
     print(table([r for r in rows if r["task"] in args.tasks and r["method"] in args.methods]))
     return 0
 

@@ -7,17 +7,13 @@ data, the same training budget per trial and the same number of trials:
 
 - ``auto`` (the default, see ``docs/samplers.md``), ``nsga2``, ``gp`` and ``random``: the
   joint space, with the study's four uniform references (bits 8/4 x sparsity 0/0.5, full width)
-  enqueued first, as every study does; ``auto`` then opens with its uniform anchors (4 bits,
-  every student width and sparsity its start-up phase holds) where the others draw their first
-  trials as they do, and after that alternates multi-objective TPE with local moves of front points;
+  enqueued first, as every study does (``auto`` is plain multi-objective TPE today);
 - ``grid``: uniform policies alone (every layer the same bits and sparsity, every stage the same
   width), every combination of the space's choices that fits in the trial budget;
 - ``sequential``: half the trials searching pruning and the student with every layer in float
   (bits fixed to 32 with Optuna's ``PartialFixedSampler``), then half searching bit-widths alone
   on the best pruned student found (the smallest within 2 points of the teacher's accuracy, else
-  the most accurate), as one compresses by hand: prune first, then quantize;
-- ``auto-norefine`` (only when named in ``--methods``): ``auto`` with the same worker seed and its
-  moves of the uniform references switched off, the ablation that shows what those moves do.
+  the most accurate), as one compresses by hand: prune first, then quantize.
 
 Every trial of a study trains with the study's one seed (common random numbers, as in every
 study), so a difference between two plans of a study is theirs and not training noise's.
@@ -78,7 +74,7 @@ from squeeze.search import (
     references_beaten,
     worker_seed,
 )
-from squeeze.search.samplers import AutoSampler, make_sampler
+from squeeze.search.samplers import make_sampler
 from squeeze.spaces import JointSpace, get_family
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +88,6 @@ sampler = "{sampler}"
 seed = {seed}
 snapshot_every = 10
 references = {references}
-anchors = {anchors}
 early_stop = {early_stop}
 
 [task]
@@ -133,10 +128,7 @@ min_round_ms = 5.0
 
 SAMPLERS = ("auto", "nsga2", "gp", "random")
 METHODS = (*SAMPLERS, "grid", "sequential")
-ABLATIONS = ("auto-norefine",)
-"""Not run unless named: ``auto`` with its moves of the uniform references switched off (``refine=0``),
-the same worker seed as ``auto``'s, to show what those moves do."""
-SLOW = {"gp": 0, "sequential": 1, "auto": 2, "auto-norefine": 2, "nsga2": 3, "random": 4, "grid": 5}
+SLOW = {"gp": 0, "sequential": 1, "auto": 2, "nsga2": 3, "random": 4, "grid": 5}
 """Start order: studies that take longest first."""
 
 
@@ -146,9 +138,9 @@ def study_url(args: argparse.Namespace, name: str) -> str:
 
 
 def study_text(args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool, trials: int,
-               early_stop: bool = True, anchors: bool = True) -> str:
+               early_stop: bool = True) -> str:
     return STUDY.format(
-        early_stop="true" if early_stop else "false", anchors="true" if anchors else "false", min_accuracy=args.min_accuracy, name=name, storage=study_url(args, name), trials=trials, sampler=sampler, seed=seed,
+        early_stop="true" if early_stop else "false", min_accuracy=args.min_accuracy, name=name, storage=study_url(args, name), trials=trials, sampler=sampler, seed=seed,
         references="true" if references else "false", data=args.data.resolve(), limit=args.limit,
         holdout_limit=args.holdout_limit, checkpoint=teacher_path(args, seed), epochs=args.epochs,
         distill=args.distill, finetune=args.finetune, qat=args.qat, repeats=args.repeats,
@@ -189,9 +181,9 @@ class Session:
     """One study of the benchmark, driven through the library's own worker loop."""
 
     def __init__(self, args: argparse.Namespace, *, name: str, sampler: str, seed: int, references: bool,
-                 trials: int, early_stop: bool = True, anchors: bool = True) -> None:
+                 trials: int, early_stop: bool = True) -> None:
         self.path = write_study(args, name=name, sampler=sampler, seed=seed, references=references, trials=trials,
-                                early_stop=early_stop, anchors=anchors)
+                                early_stop=early_stop)
         self.study = open_session(load_spec(self.path), create=True)
         self.spec, self.data, self.space, self.bundle = self.study.spec, self.study.data, self.study.space, self.study.teacher
         self.teacher = self.study.teacher_figures
@@ -214,18 +206,8 @@ def session(args: argparse.Namespace, method: str, seed: int) -> Session:
         return Session(args, name=name, sampler="random", seed=seed, references=False, trials=args.trials,
                        early_stop=False)
     if method == "sequential":
-        # Its halves fix parts of the space, so it opens with TPE's own random draws, not the anchors.
-        return Session(args, name=name, sampler="auto", seed=seed, references=False, trials=args.trials, anchors=False)
-    if method == "auto-norefine":
-        return Session(args, name=name, sampler="auto", seed=seed, references=True, trials=args.trials)
+        return Session(args, name=name, sampler="auto", seed=seed, references=False, trials=args.trials)
     return Session(args, name=name, sampler=method, seed=seed, references=True, trials=args.trials)
-
-
-def run_norefine(args: argparse.Namespace, seed: int) -> Session:
-    """``auto`` with the same worker seed, its moves of the references switched off."""
-    s = session(args, "auto-norefine", seed)
-    s.run(sampler=AutoSampler(seed=worker_seed(seed, 0), trials=args.trials, refine=0))
-    return s
 
 
 def run_sampler(args: argparse.Namespace, sampler: str, seed: int) -> Session:
@@ -276,7 +258,7 @@ def run_sequential(args: argparse.Namespace, seed: int) -> Session:
 def run_study(args: argparse.Namespace, method: str, seed: int) -> dict:
     """One method for one seed, on one thread in its own SQLite file; returns what the report needs."""
     torch.set_num_threads(1)
-    runners = {"grid": run_grid, "sequential": run_sequential, "auto-norefine": run_norefine}
+    runners = {"grid": run_grid, "sequential": run_sequential}
     session = runners[method](args, seed) if method in runners else run_sampler(args, method, seed)
     pts = session.points()
     trials = optuna.load_study(study_name=session.spec.study.name,
@@ -438,9 +420,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
-    unknown = sorted(set(methods) - set(METHODS) - set(ABLATIONS))
+    unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        parser.error(f"--methods must name methods of {[*METHODS, *ABLATIONS]}, but got {', '.join(unknown)}.")
+        parser.error(f"--methods must name methods of {list(METHODS)}, but got {', '.join(unknown)}.")
     if args.retime_passes < 1:
         parser.error(f"--retime-passes must be at least 1 (--no-retime skips the retime), but got {args.retime_passes}.")
     if args.confirm_seeds < 1:

@@ -63,20 +63,10 @@ class TrialAttr:
     # Where the parameters came from.
     REFERENCE = "reference"
     """Label of a uniform reference policy (enqueued when the study is new)."""
-    ANCHOR = "anchor"
-    """Label of one of ``auto``'s uniform start-up anchors."""
     SAMPLER = "sampler"
     """The sampler that proposed the trial."""
     SAMPLER_MS = "sampler_ms"
     """Milliseconds the sampler took to propose it."""
-    LOCAL_FROM = "local_from"
-    """The parent trial of a local move."""
-    LOCAL_STEPS = "local_steps"
-    """Each ``[parameter, from, to]`` of a local move."""
-    LOCAL_MOVE = "local_move"
-    """A local move in words, for example ``bits.conv1: 8 -> 4``."""
-    LOCAL_KIND = "local_kind"
-    """``reference`` (a move that shrinks a uniform reference) or ``front`` (a move of a front point)."""
 
 
 class StudyAttr:
@@ -87,7 +77,7 @@ class StudyAttr:
     OBJECTIVES = "objectives"
     """The objective names, in Optuna's order of values."""
     REFERENCES_ENQUEUED = "references_enqueued"
-    """Set once the references and anchors are enqueued, so they are enqueued once."""
+    """Set once the references are enqueued, so they are enqueued once."""
     SPACE_CHECK = "space_check"
     """What the check before the search took out of the space (each part, step and message) and what stays searched."""
     SPACE_FENCED = "space_fenced"

@@ -176,9 +176,6 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
     if s.sampler_ms is not None:
         share = f" ({s.sampler_ms / 10 / s.trial_s:.1f}% of a {s.trial_s:.2f} s trial)" if s.trial_s else ""
         table.add_row("sampler", f"{s.sampler}, {s.sampler_ms:.2f} ms a trial{share}")
-    if s.anchors or s.local_moves:
-        table.add_row("trials from", f"references {s.references}, anchors {s.anchors}, local moves {s.local_moves} "
-                                     f"({s.reference_moves} of references); the rest the sampler proposed")
     if s.references_beaten:
         beaten = [f"{ref} by {by}" for ref, by in s.references_beaten if by is not None]
         standing = [str(ref) for ref, by in s.references_beaten if by is None]

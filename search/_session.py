@@ -2,7 +2,7 @@
 
 :func:`open_session` does, in order, what must happen before a worker's first trial: read the data
 and build the teacher untrained (bad input ends there, before anything is written), connect (create
-or resume), ensure the teacher, enqueue the references and anchors once, and build the objective.
+or resume), ensure the teacher, enqueue the references once, and build the objective.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ._spec import StudySpec
 from ._teacher import TeacherBundle, ensure_teacher
 from ._timing import LatencyTarget, Timer, TimingHooks, ensure_target
 from ._workers import Objective, WorkerReport, work_loop, worker_seed
-from .samplers import anchor_params, make_sampler, reference_params, startup_trials
+from .samplers import make_sampler, reference_params
 
 
 def _load_data(spec: StudySpec) -> TaskData:
@@ -173,22 +173,16 @@ def open_session(spec: StudySpec, *, create: bool = True, log: Callable[[str], N
 
 
 def enqueue_references(ctx: Context, space: JointSpace) -> None:
-    """Enqueue the uniform reference policies, and the ``auto`` sampler's anchors, once, when the study is new."""
+    """Enqueue the uniform reference policies once, when the study is new."""
     spec = ctx.spec.study
-    anchored = spec.anchors and spec.sampler == "auto"
-    if not (spec.references or anchored) or ctx.study.user_attrs.get(StudyAttr.REFERENCES_ENQUEUED):
+    if not spec.references or ctx.study.user_attrs.get(StudyAttr.REFERENCES_ENQUEUED):
         return
     with st.study_lock(ctx.engine, spec.name):
         ctx.study = optuna.load_study(study_name=spec.name, storage=ctx.storage)
         if ctx.study.user_attrs.get(StudyAttr.REFERENCES_ENQUEUED):
             return
-        references = reference_params(ctx.spec, space) if spec.references else []
-        for label, params in references:
+        for label, params in reference_params(ctx.spec, space):
             ctx.study.enqueue_trial(params, user_attrs={TrialAttr.REFERENCE: label}, skip_if_exists=True)
-        if anchored:
-            slots = min(startup_trials(spec.trials), spec.trials) - len(references)
-            for label, params in anchor_params(ctx.spec, space, slots=slots, taken=[p for _, p in references]):
-                ctx.study.enqueue_trial(params, user_attrs={TrialAttr.ANCHOR: label}, skip_if_exists=True)
         ctx.study.set_user_attr(StudyAttr.REFERENCES_ENQUEUED, True)
 
 

@@ -36,11 +36,6 @@ class StudyOptions:
     silent for ``grace_s`` seconds is failed and retried once. Every worker of a study should use
     the same values (they may change between runs: they are not part of the stored config check).
 
-    ``anchors``: with the ``auto`` sampler, the study opens with uniform policies spread over the
-    space's student widths and sparsities (at 4 bits, or the nearest allowed width above), as many
-    as the sampler's start-up phase holds beside the references, in place of random draws; see
-    :func:`squeeze.search.samplers.anchor_params`.
-
     ``early_stop``: a trial that cannot meet the study's budgets stops as soon as that is known
     (recorded PRUNED, with the reason and the time it saved): before training when the smallest
     artifact its plan allows is already over ``objectives.max_size_kb``; after distillation when
@@ -55,7 +50,6 @@ class StudyOptions:
     seed: int = 0
     snapshot_every: int = 5
     references: bool = True
-    anchors: bool = True
     heartbeat_s: int = 5
     grace_s: int = 20
     early_stop: bool = True
@@ -75,8 +69,6 @@ class StudyOptions:
             raise SqueezeError(f"`study.sampler` must be one of {list(SAMPLERS)}, but got {self.sampler!r}.")
         if not isinstance(self.references, bool):
             raise SqueezeError(f"`study.references` must be true or false, but got {self.references!r}.")
-        if not isinstance(self.anchors, bool):
-            raise SqueezeError(f"`study.anchors` must be true or false, but got {self.anchors!r}.")
         if not isinstance(self.early_stop, bool):
             raise SqueezeError(f"`study.early_stop` must be true or false, but got {self.early_stop!r}.")
         margin = self.early_stop_margin

@@ -46,12 +46,6 @@ class Status:
     latency_timed: int = 0
     latency_reused: int = 0
     """Completed trials that timed their network, and those that took an earlier trial's measurement of it."""
-    references: int = 0
-    anchors: int = 0
-    local_moves: int = 0
-    """Finished trials that were uniform references, ``auto``'s anchors, and its local moves; the rest the sampler proposed."""
-    reference_moves: int = 0
-    """Of the local moves, those that made a uniform reference smaller (``local_kind`` ``"reference"``)."""
     references_beaten: tuple[tuple[int, int | None], ...] = ()
     """Each completed uniform reference's trial, with the smallest front trial that dominates it (None: none does)."""
     runtime: str | None = None
@@ -115,8 +109,4 @@ def study_status(target: Target) -> Status:
         stopped_early=len(stopped), saved_s=sum(float(t.user_attrs.get(TrialAttr.SAVED_S, 0.0)) for t in stopped),
         latency_timed=len(measured) - reused, latency_reused=reused,
         references_beaten=tuple((ref.number, by.number if by else None) for ref, by in references_beaten(pts)),
-        reference_moves=sum(1 for t in trials
-                            if t.state.is_finished() and t.user_attrs.get(TrialAttr.LOCAL_KIND) == "reference"),
-        **{key: sum(1 for t in trials if t.state.is_finished() and attr in t.user_attrs)
-           for key, attr in (("references", TrialAttr.REFERENCE), ("anchors", TrialAttr.ANCHOR), ("local_moves", TrialAttr.LOCAL_FROM))},
     )

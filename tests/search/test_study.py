@@ -210,75 +210,20 @@ def _space(spec):
     return JointSpace(family, spec.task.model, spec.space, teacher=teacher)
 
 
-def test_anchors_are_uniform_policies_spread_over_widths_and_sparsities(tiny_study) -> None:
-    from squeeze.search.samplers import anchor_params, reference_params
-
-    path = tiny_study(name="anchors", extra="\n")
-    spec = load_spec(path)
-    space = _space(spec)
-    references = [p for _, p in reference_params(spec, space)]
-    every = anchor_params(spec, space, slots=100, taken=references)
-    # widths 0.5 and 1 by sparsities 0 and 0.5, at 4 bits, less the two 4-bit references at full width;
-    # then, as the space offers float, the float plan at the middle sparsity and full width.
-    assert [label for label, _ in every] == ["uniform 4-bit, sparsity 0, width 0.5", "uniform 4-bit, sparsity 0.5, width 0.5",
-                                             "uniform float, sparsity 0.5, width 1"]
-    for _, params in every:
-        assert params not in references
-        assert len({v for k, v in params.items() if k.startswith("sparsity.")}) == 1
-    for _, params in every[:2]:
-        assert params["precision"] == "per-layer"
-        assert {v for k, v in params.items() if k.startswith("bits.")} == {4}
-        assert {v for k, v in params.items() if k.startswith("student.width.")} == {0.5}
-    assert every[2][1]["precision"] == "float"
-    assert {v for k, v in every[2][1].items() if k.startswith("sparsity.")} == {0.5}
-    floated = space.plan(every[2][1]).bits
-    assert floated and all(b == 32 for b in floated.values())
-    alone = anchor_params(spec, space, slots=100)
-    assert len(alone) == 5 and alone[-1] == every[-1]
-    ends = anchor_params(spec, space, slots=3)
-    assert ends == [alone[0], alone[3], alone[4]], "with fewer slots than policies, both ends are kept, and the float one"
-    assert anchor_params(spec, space, slots=1) == [alone[0]], "one slot: no float anchor"
-    assert anchor_params(spec, space, slots=0) == []
-
-
-def test_anchors_in_a_sparsity_range_take_its_low_end_and_its_middle(tiny_study) -> None:
-    from squeeze.search.samplers import anchor_params
-
-    path = tiny_study(name="ranged")
-    path.write_text(path.read_text().replace("sparsity = [0.0, 0.5]", "sparsity = {low = 0.1, high = 0.7, step = 0.2}"))
-    spec = load_spec(path)
-    space = _space(spec)
-    found = {(p["student.width.stage0"], p[next(k for k in p if k.startswith("sparsity."))])
-             for _, p in anchor_params(spec, space, slots=100)}
-    # [0.1, 0.7] in steps of 0.2 is 3 steps; the middle one, rounded down, is 0.3: a value the range suggests.
-    assert {s for _, s in found} == {0.1, 0.3}
-    assert {w for w, _ in found} == {0.5, 1.0} and len(found) == 4
-
-
-def test_an_auto_study_opens_with_references_then_anchors(tiny_study) -> None:
-    from squeeze.search.samplers import startup_trials
+def test_a_study_opens_with_the_uniform_references_once(tiny_study) -> None:
     from squeeze.search._context import connect
     from squeeze.search._session import enqueue_references
 
-    path = tiny_study(name="opening", trials=40, references=True)
-    path.write_text(path.read_text().replace('sampler = "random"', 'sampler = "auto"'))
-    spec = load_spec(path)
-    ctx = connect(spec, create=True)
-    space = _space(spec)
-    enqueue_references(ctx, space)
-    enqueue_references(ctx, space)  # a second worker, or a resume: nothing more is enqueued
-    waiting = optuna.load_study(study_name="opening", storage=spec.study.storage).get_trials(states=(TrialState.WAITING,))
-    kinds = ["reference" if "reference" in t.user_attrs else "anchor" if "anchor" in t.user_attrs else "?" for t in waiting]
-    assert kinds == ["reference"] * 4 + ["anchor"] * 3
-    assert len(waiting) <= startup_trials(40)
-
-    # Another sampler draws its own first trials: the references alone are enqueued.
-    plain = tiny_study(name="plain", trials=40, references=True)
-    spec = load_spec(plain)
-    ctx = connect(spec, create=True)
-    enqueue_references(ctx, _space(spec))
-    waiting = optuna.load_study(study_name="plain", storage=spec.study.storage).get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 4 and all("reference" in t.user_attrs for t in waiting)
+    for sampler in ("auto", "random"):
+        path = tiny_study(name=f"opening-{sampler}", trials=40, references=True)
+        path.write_text(path.read_text().replace('sampler = "random"', f'sampler = "{sampler}"'))
+        spec = load_spec(path)
+        ctx = connect(spec, create=True)
+        enqueue_references(ctx, _space(spec))
+        enqueue_references(ctx, _space(spec))  # a second worker, or a resume: nothing more is enqueued
+        waiting = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage).get_trials(
+            states=(TrialState.WAITING,))
+        assert len(waiting) == 4 and all("reference" in t.user_attrs for t in waiting)
 
 
 def test_a_plan_drawn_twice_in_a_study_scores_the_same(tiny_study) -> None:
