@@ -1,6 +1,6 @@
 """The latency protocol: interleaved rounds of equal length, a ratio of lower deciles with its spread, load
-detected and taken again, every setting recorded. Real CPU contention is measured in
-``benchmarks/latency.py --contention``, not asserted here (a timed bound fails under load)."""
+detected and taken again (with real CPU contention: busy processes pinned to the timing core), every setting
+recorded. How close the ratio stays under contention is measured in ``benchmarks/latency.py --contention``."""
 
 from __future__ import annotations
 
