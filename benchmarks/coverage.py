@@ -113,11 +113,14 @@ def one(name: str, *, data: str, runtime: str, study: bool) -> dict[str, Any]:
     return row
 
 
-def _capped() -> None:
-    import resource
+def _capper(gb: float):
+    def cap() -> None:
+        import resource
 
-    cap = MEMORY_CAP_GB * 1024**3
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        limit = int(gb * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return cap
 
 
 def in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -127,7 +130,8 @@ def in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cmd.append("--studies")
     started = time.perf_counter()
     try:
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=_capped)
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S,
+                              preexec_fn=_capper(args.memory_cap_gb))
     except subprocess.TimeoutExpired:
         return {"model": name, "error": f"not finished within {TIMEOUT_S} s", "seconds": TIMEOUT_S}
     for line in reversed(done.stdout.splitlines()):
@@ -196,6 +200,8 @@ def main() -> int:
     parser.add_argument("--studies", action="store_true", help="two-trial studies over STUDIES instead of the check")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"))
     parser.add_argument("--out", help="also write the table (Markdown) here")
+    parser.add_argument("--memory-cap-gb", type=float, default=MEMORY_CAP_GB,
+                        help=f"address-space cap of each builder's process (default {MEMORY_CAP_GB})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.data = os.path.abspath(args.data)
@@ -229,7 +235,7 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     what = "two-trial studies" if args.studies else "the check"
     return (f"{what} of torchvision {torchvision.__version__} builders, torch {torch.__version__}, runtime "
             f"{args.runtime}, on {cpu_model()} ({os.cpu_count()} cores, one thread each, "
-            f"{MEMORY_CAP_GB} GB address-space cap)\n\n{summary(rows, studies=args.studies)}\n\n"
+            f"{args.memory_cap_gb:g} GB address-space cap)\n\n{summary(rows, studies=args.studies)}\n\n"
             + table(rows, studies=args.studies))
 
 
