@@ -11,7 +11,7 @@ the test split, which the search never read) and reports:
 - the rank correlation between the two accuracies (Kendall's tau): how far the search's ranking
   of plans holds once they are finished;
 - the finished front (the Pareto front of the finished figures) against the teacher, and the two
-  acceptance lines of issue 27: a finished point at least 14x smaller than the teacher's artifact
+  targets: a finished point at least 14x smaller than the teacher's artifact
   within 0.3 point of its test accuracy, and one at least 3x faster (batch 1) within 0.5 point.
 
     python benchmarks/finalize.py --data ../shared/data/mnist [--trials 30] [--epochs 10] [--teacher-epochs 20]

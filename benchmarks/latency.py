@@ -186,7 +186,7 @@ COMPETITORS = {
 @torch.inference_mode()
 def other_protocol(candidate: nn.Module, teacher: nn.Module, example: torch.Tensor, *, repeats: int,
                    kind: str, min_round_ms: float = 2.0) -> float:
-    """A protocol not taken, kept here to compare with ``measure``. ``before``: the protocol before issue 28,
+    """A protocol not taken, kept here to compare with ``measure``. ``before``: the protocol before equal rounds,
     one call count for both models (enough for the slower to fill ``min_round_ms``), ratio of the lower
     deciles; over rounds of equal length as today, ``deciles``: always the ratio of the lower deciles,
     ``pairs``: always the median of the pairs' ratios."""

@@ -19,7 +19,7 @@ and batch 32:
 
 Each ratio (candidate time / baseline time, below 1 is faster) is the median of ``--rounds``
 measurements. Bytes are the stored artifact's (the size objective); accuracy is on the validation
-split, in the artifact's own runtime. The acceptance lines of issue 26 are checked at the end.
+split, in the artifact's own runtime. The targets for the 8-bit and 4-bit plans are checked at the end.
 
     nohup python benchmarks/runtimes.py --data ../shared/data/mnist > benchmarks/results/runtimes-<cpu>.md
 """
