@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from _data_folders import accept_generated_cifar, write_cifar10
 from conftest import REPO
 from squeeze.objectives import load_artifact
-from squeeze.search import _storage
+from squeeze.search import _teacher_store
 from squeeze.search._cli import main
 from squeeze.spaces import get_family
 
@@ -136,7 +136,7 @@ def test_a_teacher_from_a_checkpoint_is_not_trained(tmp_path: Path, capfd) -> No
     assert code == 0, out + err
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'studies.db'}")
     try:
-        row = _storage.get_teacher(engine, "ckpt")
+        row = _teacher_store.get_teacher(engine, "ckpt")
     finally:
         engine.dispose()
     stored = load(row.weights)
