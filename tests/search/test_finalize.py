@@ -180,7 +180,9 @@ def _claimed(engine: sa.Engine, study: str, trial: int, attempts: int) -> fs.Fin
 
 
 def test_a_finalizer_killed_mid_way_is_taken_over_and_finishes_once(pg_url: str, tiny_study) -> None:
-    path = tiny_study(name="killed", storage=pg_url, trials=2, extra=FINALIZE.format(epochs=20))
+    # Enough epochs that the job is still training when the signals come, on a fast machine too (20 finished
+    # within two seconds there, and the SIGTERM met a process whose job was already done).
+    path = tiny_study(name="killed", storage=pg_url, trials=2, extra=FINALIZE.format(epochs=80))
     # Beats every second, stale after two: the takeover comes quickly.
     path.write_text(path.read_text().replace("snapshot_every = 2", "snapshot_every = 2\nheartbeat_s = 1\ngrace_s = 2"))
     ss.run(path)
@@ -190,7 +192,7 @@ def test_a_finalizer_killed_mid_way_is_taken_over_and_finishes_once(pg_url: str,
     # SIGTERM: the job is given back at once, for the next finalizer to take without waiting.
     stopped = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _claimed(engine, "killed", 0, attempts=1)
-    time.sleep(2)
+    time.sleep(0.5)
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(timeout=120) == 130
     given_back = fs.get_final(engine, "killed", 0, artifact=False)
@@ -200,7 +202,7 @@ def test_a_finalizer_killed_mid_way_is_taken_over_and_finishes_once(pg_url: str,
     killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         row = _claimed(engine, "killed", 0, attempts=2)
-        time.sleep(3)  # mid-way through training, a few heartbeats in
+        time.sleep(1.5)  # mid-way through training, a heartbeat in
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
