@@ -4,12 +4,9 @@ Rules:
 
 - Every sampler is built timed (see ``_timed``), whatever its name. Why: every trial of every
   study then records its sampler's cost and name, and ``squeeze status`` can show them.
-- ``auto``, the default, is the sampler the ablation across tasks supports best; today that is
-  Optuna's TPE, built as ``tpe`` builds it, and its trials record ``sampler = "tpe"``. Why: no sampler
-  scored a mean hypervolume at least random search's on every task of the ablation, and of the model-based
-  ones plain TPE came closest (``benchmarks/README.md``, "Sampler ablation across tasks"); the earlier
-  ``auto`` (uniform anchors, local moves of front points and references, a switch to NSGA-II) scored
-  below plain TPE and random search there. A study file that names ``auto`` follows the evidence.
+- ``auto``, the default, is Optuna's TPE, built as ``tpe`` builds it, and its trials record
+  ``sampler = "tpe"``. Why: it is the sampler the ablation across tasks supports best; the evidence is in
+  ``docs/samplers.md`` and ``benchmarks/README.md``, and a study file that names ``auto`` follows it.
 """
 
 from __future__ import annotations
