@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -146,8 +145,8 @@ def report_lines(check: SpaceCheck) -> list[str]:
 def _new(spec: StudySpec) -> bool:
     """True when the study is not in its storage yet; asks without creating a database file."""
     url = spec.study.storage
-    database = st.parse_url(url).database if st.is_sqlite(url) else None
-    if database not in (None, "", ":memory:") and not Path(database).exists():
+    st.parse_url(url)
+    if st.is_sqlite(url) and not st.sqlite_file_exists(url):
         return True
     return not study_exists(url, spec.study.name)
 

@@ -115,6 +115,12 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file_exists(url: str) -> bool:
+    """True when a SQLite URL names a database file that is already there (asking creates nothing)."""
+    database = make_url(url).database
+    return database not in (None, "", ":memory:") and Path(database).exists()
+
+
 def ensure_sqlite_folder(url: str) -> None:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
@@ -161,10 +167,8 @@ def check_readable(url: str) -> None:
     A SQLite file that does not exist yet is fine (it is created when the study is); a PostgreSQL server is
     connected to, so an unreachable one is reported here rather than after the check and the data.
     """
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and (
-        parsed.database in (None, "", ":memory:") or not Path(parsed.database).exists()
-    ):
+    parse_url(url)
+    if is_sqlite(url) and not sqlite_file_exists(url):
         return
     engine = engine_for(url)
     try:
