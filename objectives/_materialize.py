@@ -16,6 +16,7 @@ import torch.fx.experimental.optimization as fx_opt
 from torch import fx, nn
 from torch.ao.quantization import QConfig, QConfigMapping
 from torch.ao.quantization.observer import MinMaxObserver, ObserverBase
+from torch.ao.quantization.fx import utils as fx_utils
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from squeeze.spaces import SqueezeError, runs_int8
@@ -128,11 +129,28 @@ def _qconfig_mapping(bits: Mapping[str, int], scales: Mapping[str, torch.Tensor]
     return mapping
 
 
+@contextlib.contextmanager
+def _forgetting_models() -> Iterator[None]:
+    """Let torch.ao's FX passes inside the block keep no model alive after it.
+
+    Their device lookup (``torch.ao.quantization.fx.utils.assert_and_get_unique_device``) is an unbounded
+    ``functools.cache`` keyed by the module: every model prepared or converted stayed in memory for the
+    life of the process, a whole copy per trial, which grows a worker by gigabytes on a large network.
+    """
+    try:
+        yield
+    finally:
+        clear = getattr(fx_utils.assert_and_get_unique_device, "cache_clear", None)
+        if clear is not None:
+            clear()
+
+
 def _prepare(folded: fx.GraphModule, bits: Mapping[str, int], scales: Mapping[str, torch.Tensor], example: torch.Tensor) -> fx.GraphModule:
     torch.backends.quantized.engine = ENGINE
     # torch.ao's FX quantization warns that it is deprecated (its successors: torchao's pt2e quantization,
     # and for deployment the `onnxruntime` runtime); that warning is the user's to see, so it is not hidden.
-    return prepare_fx(folded, _qconfig_mapping(bits, scales), example_inputs=(example,))
+    with _forgetting_models():
+        return prepare_fx(folded, _qconfig_mapping(bits, scales), example_inputs=(example,))
 
 
 def _observers(prepared: fx.GraphModule) -> list[str]:
@@ -197,7 +215,8 @@ def to_int8(
             raise ValueError(f"the graph has {len(names)} activation observers, but {len(values)} scales were given")
     for name, (scale, zp) in zip(names, values):
         setattr(prepared, name, FixedActivationObserver(scale, zp))
-    converted = convert_fx(prepared).eval()
+    with _forgetting_models():
+        converted = convert_fx(prepared).eval()
     return dequantize_where_needed(converted, example)
 
 

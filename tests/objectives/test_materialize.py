@@ -113,3 +113,18 @@ def test_activations_given_in_graph_order_match_the_mapping() -> None:
         assert torch.equal(by_name(x), by_order(x))
     with pytest.raises(ValueError, match="activation observers"):
         to_int8(folded, bits, scales, activation_order(acts)[:-1], example=x[:1])
+
+
+def test_building_int8_models_keeps_no_model_alive() -> None:
+    """torch.ao's FX passes cache every module they see; a worker must not keep a copy per trial."""
+    import gc
+    import weakref
+
+    bits = {n: 8 for n in [*CONVS, "classifier"]}
+    folded, scales, acts, x = _int8(bits)
+    q = to_int8(folded, bits, scales, acts, example=x[:1])
+    weights = [m.weight for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    gone = [weakref.ref(folded), weakref.ref(q), *(weakref.ref(w) for w in weights)]
+    del folded, q, weights
+    gc.collect()
+    assert [ref() for ref in gone] == [None] * len(gone)
