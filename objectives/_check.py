@@ -52,7 +52,7 @@ from squeeze.spaces import (
 from ._compress import CompressSpec, channel_keep, weight_scales
 from ._evaluate import _arch, _io
 from ._artifact import encode
-from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
+from ._materialize import calibrate, fold_batchnorm, free_models, out_channels, remove_channels
 from ._onnx import writer
 from ._ort import deploy
 from ._task_registry import TaskData
@@ -150,6 +150,8 @@ def try_plan(
                 _logits(deployed(x[:n]), n=n, num_classes=classes)
     except _Failed as failed:
         return failed.failure
+    finally:
+        free_models()
     return None
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import optuna
 import torch
 
-from squeeze.objectives import CheckReport, DivergedError, TaskData, check_teacher, isolate, try_plan
+from squeeze.objectives import (CheckReport, DivergedError, TaskData, check_teacher, isolate, memory_available, memory_needed,
+                                try_plan, weight_bytes)
 from squeeze.spaces import (
     CompressionPlan,
     JointSpace,
@@ -113,6 +114,7 @@ def run_check(spec: StudySpec, data: TaskData, *, progress: Callable[[str], None
     """
     family = get_family(spec.task.family)
     teacher = check_teacher_model(spec, data)
+    refuse_if_too_large(spec, teacher)
     whole = JointSpace(family, spec.task.model, spec.space, teacher=teacher)
     report: CheckReport = check_teacher(teacher, space=whole, data=data, compress=spec.compress,
                                         runtime=spec.latency.runtime, progress=progress)
@@ -133,6 +135,19 @@ def run_check(spec: StudySpec, data: TaskData, *, progress: Callable[[str], None
         )
     counts = {k: getattr(report, k) for k in _COUNTS}
     return SpaceCheck(removals=report.removals, searched=tuple(left), **counts)
+
+
+def refuse_if_too_large(spec: StudySpec, teacher: torch.nn.Module) -> None:
+    """A SqueezeError, one sentence, when a trial on ``teacher`` would take more memory than this process can have."""
+    need, free = memory_needed(teacher), memory_available()
+    if free is None or need <= free:
+        return
+    gb = 1024**3
+    raise SqueezeError(
+        f"study {spec.study.name!r} cannot search model family {spec.task.family!r} on this machine: a trial on its "
+        f"{weight_bytes(teacher) / gb:.1f} GB of weights takes about {need / gb:.0f} GB of memory, but this process "
+        f"can have {free / gb:.1f} GB more; run it on a machine with more memory, or give a smaller model."
+    )
 
 
 def report_lines(check: SpaceCheck) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from squeeze.objectives import Latency, TaskData, evaluate, measure, time_artifact
+from squeeze.objectives import Latency, TaskData, evaluate, free_models, measure, time_artifact
 from squeeze.spaces import SqueezeError, get_family
 
 from . import _storage as st
@@ -89,6 +89,8 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle,
             # A part of the plan that fails alone is fenced, so the next trial is not failed the same way.
             spaces.fence_failure(trial.number, plan, exc)
             raise
+        finally:
+            free_models()
         early.finished(time.perf_counter() - started)
         attrs = judged_attrs(judged) | {TrialAttr.WORKER: socket.gethostname(), TrialAttr.RUNTIME: latency.runtime}
         # The draft (no latency figures in its card yet) is what a worker of the target times.

@@ -199,3 +199,20 @@ def test_a_diverged_loss_or_a_full_memory_fences_nothing(monkeypatch) -> None:
     assert attributed == []
     spaces.fence_failure(2, plan, RuntimeError("INDICES element is out of DATA bounds"))
     assert attributed == [2]
+
+
+def test_a_network_too_large_for_the_memory_left_is_refused_in_one_sentence(tmp_path: Path, capfd, monkeypatch) -> None:
+    from squeeze.search import _check
+
+    path, _ = _study(tmp_path, "make_net")
+    # A machine with 1 KB to spare: the check refuses before its first attempt.
+    monkeypatch.setattr(_check, "memory_available", lambda: 1024)
+    with pytest.raises(SqueezeError, match="on this machine") as info:
+        ss.check(path)
+    assert "GB of memory" in str(info.value) and "\n" not in str(info.value)
+    capfd.readouterr()
+    assert main(["run", str(path)]) == 2
+    assert "more memory" in capfd.readouterr().err
+    assert not (tmp_path / "check.db").exists(), "nothing was written"
+    monkeypatch.undo()
+    assert ss.check(path).searched, "with the machine's own memory the same study is checked"
