@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, Session, defer, mapped_column
 
 from squeeze.spaces import SqueezeError
 
+from ._owned import NOW, update_owned
 from ._storage import Base, db_now
 
 WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
@@ -119,52 +120,29 @@ def claim_final(engine: sa.Engine, study: str, owner: str, *, grace_s: float,
 
 def beat_final(engine: sa.Engine, study: str, trial: int, owner: str) -> bool:
     """Record that ``owner`` is still working on the job; False when the job is no longer its own."""
-    with Session(engine) as s:
-        updated = s.execute(
-            sa.update(FinalRow)
-            .where(FinalRow.study == study, FinalRow.trial == trial, FinalRow.owner == owner, FinalRow.state == RUNNING)
-            .values(heartbeat=db_now(s.connection()))
-        ).rowcount
-        s.commit()
-        return updated == 1
+    return update_owned(engine, FinalRow, running=RUNNING, study=study, owner=owner, trial=trial,
+                        values={"heartbeat": NOW}) == 1
 
 
 def finish_final(engine: sa.Engine, study: str, trial: int, owner: str, *, artifact: bytes, sha256: str, accuracy: float,
                  teacher_accuracy: float, size_bytes: int, latency_ratio: float, latency_ms: float) -> bool:
     """Store the finished model, only if ``owner`` still holds the running job; False (nothing stored) otherwise."""
-    with Session(engine) as s:
-        updated = s.execute(
-            sa.update(FinalRow)
-            .where(FinalRow.study == study, FinalRow.trial == trial, FinalRow.owner == owner, FinalRow.state == RUNNING)
-            .values(state=DONE, artifact=artifact, sha256=sha256, accuracy=accuracy, teacher_accuracy=teacher_accuracy,
-                    size_bytes=size_bytes, latency_ratio=latency_ratio, latency_ms=latency_ms,
-                    finished_at=db_now(s.connection()), error=None)
-        ).rowcount
-        s.commit()
-        return updated == 1
+    values = {"state": DONE, "artifact": artifact, "sha256": sha256, "accuracy": accuracy,
+              "teacher_accuracy": teacher_accuracy, "size_bytes": size_bytes, "latency_ratio": latency_ratio,
+              "latency_ms": latency_ms, "finished_at": NOW, "error": None}
+    return update_owned(engine, FinalRow, running=RUNNING, study=study, owner=owner, trial=trial, values=values) == 1
 
 
 def fail_final(engine: sa.Engine, study: str, trial: int, owner: str, *, error: str) -> bool:
     """Record why ``owner``'s job failed (one line); queueing it again retries it."""
-    with Session(engine) as s:
-        updated = s.execute(
-            sa.update(FinalRow)
-            .where(FinalRow.study == study, FinalRow.trial == trial, FinalRow.owner == owner, FinalRow.state == RUNNING)
-            .values(state=FAILED, error=error[:2000], finished_at=db_now(s.connection()))
-        ).rowcount
-        s.commit()
-        return updated == 1
+    values = {"state": FAILED, "error": error[:2000], "finished_at": NOW}
+    return update_owned(engine, FinalRow, running=RUNNING, study=study, owner=owner, trial=trial, values=values) == 1
 
 
 def release_final(engine: sa.Engine, study: str, trial: int, owner: str) -> None:
     """Give a job back (its finalizer was interrupted): the next process takes it at once, not after the grace period."""
-    with Session(engine) as s:
-        s.execute(
-            sa.update(FinalRow)
-            .where(FinalRow.study == study, FinalRow.trial == trial, FinalRow.owner == owner, FinalRow.state == RUNNING)
-            .values(state=WAITING, owner=None, heartbeat=None)
-        )
-        s.commit()
+    update_owned(engine, FinalRow, running=RUNNING, study=study, owner=owner, trial=trial,
+                 values={"state": WAITING, "owner": None, "heartbeat": None})
 
 
 def get_final(engine: sa.Engine, study: str, trial: int, *, artifact: bool = True) -> FinalRow | None:

@@ -26,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from ._owned import NOW, update_owned
 from ._storage import Base, db_now
 
 WAITING, TIMING, DONE, FAILED = "waiting", "timing", "done", "failed"
@@ -101,39 +102,20 @@ def claim_timing(engine: sa.Engine, study: str, owner: str, *, grace_s: float) -
 
 def beat_timing(engine: sa.Engine, study: str, key: str, owner: str) -> bool:
     """Record that ``owner`` still times network ``key``; False when none of its jobs is its own any more."""
-    with Session(engine) as s:
-        updated = s.execute(
-            sa.update(TimingRow)
-            .where(TimingRow.study == study, TimingRow.key == key, TimingRow.owner == owner, TimingRow.state == TIMING)
-            .values(heartbeat=db_now(s.connection()))
-        ).rowcount
-        s.commit()
-        return updated > 0
+    return update_owned(engine, TimingRow, running=TIMING, study=study, owner=owner, key=key,
+                        values={"heartbeat": NOW}) > 0
 
 
 def end_timing(engine: sa.Engine, study: str, trial: int, owner: str, *, error: str | None = None) -> bool:
     """Mark ``owner``'s job of ``trial`` done (or failed with ``error``); False when the job is not its own."""
-    with Session(engine) as s:
-        updated = s.execute(
-            sa.update(TimingRow)
-            .where(TimingRow.study == study, TimingRow.trial == trial, TimingRow.owner == owner,
-                   TimingRow.state == TIMING)
-            .values(state=FAILED if error else DONE, error=error[:2000] if error else None,
-                    finished_at=db_now(s.connection()))
-        ).rowcount
-        s.commit()
-        return updated == 1
+    values = {"state": FAILED if error else DONE, "error": error[:2000] if error else None, "finished_at": NOW}
+    return update_owned(engine, TimingRow, running=TIMING, study=study, owner=owner, trial=trial, values=values) == 1
 
 
 def release_timing(engine: sa.Engine, study: str, key: str, owner: str) -> None:
     """Give ``owner``'s jobs of ``key`` back (it was stopped): the next worker of the target takes them at once."""
-    with Session(engine) as s:
-        s.execute(
-            sa.update(TimingRow)
-            .where(TimingRow.study == study, TimingRow.key == key, TimingRow.owner == owner, TimingRow.state == TIMING)
-            .values(state=WAITING, owner=None, heartbeat=None)
-        )
-        s.commit()
+    update_owned(engine, TimingRow, running=TIMING, study=study, owner=owner, key=key,
+                 values={"state": WAITING, "owner": None, "heartbeat": None})
 
 
 def pending_trials(engine: sa.Engine, study: str) -> set[int]:

@@ -53,7 +53,9 @@ def _wait_for(worker: Worker, key: str, *, timeout: float = 60) -> int:
 
 def test_a_foreign_worker_trains_and_the_target_worker_times_everything(pg_url: str, pg_study) -> None:
     path, name = _timed_study(pg_study, trials=6)
-    foreign = Worker(path, worker=1, sleep=0.3, args=("--create", "--timed", "--cpu-class", FOREIGN))
+    # The foreign worker trains slowly enough that the target worker, starting after it, trains some too
+    # even on a loaded machine (it has taken all six while the other imported torch).
+    foreign = Worker(path, worker=1, sleep=1.0, args=("--create", "--timed", "--cpu-class", FOREIGN))
     foreign.wait_for_start(after=1)
     target = Worker(path, worker=2, sleep=0.3, args=("--timed", "--cpu-class", TARGET))
     assert target.finish() == 0, target.text
