@@ -35,7 +35,7 @@ from pathlib import Path
 import optuna
 import torch
 from squeeze.objectives import deploy, measure
-from squeeze.search import TrialAttr, hypervolume, load_spec, open_session
+from squeeze.search import TrialAttr, hypervolume, load_spec, open_session, worker_seed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,12 +61,22 @@ TASKS = {
         "compress.quantizer=ptq"]},
 }
 
-METHODS = ("random", "tpe", "nsga2", "gp", "auto")
+METHODS = ("random", "tpe", "nsga2", "gp", "auto", "tpe-half", "tpe-indep")
+VARIANTS = {
+    # Candidates for the default, tried here before any enters the product: TPE that draws at random for half
+    # the budget (not a quarter), and TPE that models each parameter alone (Optuna's default) rather than jointly.
+    "tpe-half": lambda seed, trials: optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=trials // 2, multivariate=True, constant_liar=True),
+    "tpe-indep": lambda seed, trials: optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(5, min(20, trials // 4)), constant_liar=True),
+}
+"""Samplers the product does not name: their studies record ``tpe`` as ``study.sampler`` and run with this one."""
 
 
 def _spec(args: argparse.Namespace, task: str, method: str, seed: int):
     name = f"{task}-{method}-s{seed}"
-    overrides = [*TASKS[task]["set"], f"study.name={name}", f"study.sampler={method}", f"study.seed={seed}",
+    sampler = "tpe" if method in VARIANTS else method
+    overrides = [*TASKS[task]["set"], f"study.name={name}", f"study.sampler={sampler}", f"study.seed={seed}",
                  f"study.trials={args.trials or 40}", f"study.storage=sqlite:///{args.out / (name + '.db')}"]
     return load_spec(TASKS[task]["file"], overrides=overrides, data=None if task.startswith("digits") else args.data)
 
@@ -77,7 +87,9 @@ def run_study(args: argparse.Namespace, task: str, method: str, seed: int) -> di
     spec = _spec(args, task, method, seed)
     started = time.perf_counter()
     session = open_session(spec, create=True)
-    session.work(handle_signals=False)
+    variant = VARIANTS.get(method)
+    session.work(handle_signals=False,
+                 sampler=variant(worker_seed(seed, 0), spec.study.trials) if variant else None)
     points = session.points()
     return {"task": task, "method": method, "seed": seed, "trials": len(points),
             "minutes": round((time.perf_counter() - started) / 60, 2),
