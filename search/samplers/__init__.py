@@ -2,7 +2,7 @@
 
 ``make_sampler(name, seed=..., trials=...)`` builds any registered sampler, timed so that every
 trial records ``sampler_ms`` and ``sampler``; :data:`SAMPLERS` lists the names (``squeeze list``
-prints them). ``auto``, the default, is Optuna's TPE as ``tpe`` builds it. Every study opens with the
+prints them). ``auto``, the default, is Optuna's TPE modelling each parameter alone. Every study opens with the
 uniform references of :func:`reference_params`. The rules are in ``docs/samplers.md``.
 """
 

@@ -4,9 +4,10 @@ Rules:
 
 - Every sampler is built timed (see ``_timed``), whatever its name. Why: every trial of every
   study then records its sampler's cost and name, and ``squeeze status`` can show them.
-- ``auto``, the default, is Optuna's TPE, built as ``tpe`` builds it, and its trials record
-  ``sampler = "tpe"``. Why: it is the sampler the ablation across tasks supports best; the evidence is in
-  ``docs/samplers.md`` and ``benchmarks/README.md``, and a study file that names ``auto`` follows it.
+- ``auto``, the default, is Optuna's TPE modelling each parameter alone (``_optuna.tpe_independent``),
+  and its trials record ``sampler = "auto"``. Why: it is the sampler the ablation across tasks supports
+  best; the evidence is in ``docs/samplers.md`` and ``benchmarks/README.md``, and a study file that names
+  ``auto`` follows it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from optuna.samplers import BaseSampler
 from squeeze.spaces import SqueezeError
 
-from ._optuna import OPTUNA_SAMPLERS, tpe
+from ._optuna import OPTUNA_SAMPLERS, tpe_independent
 from ._timed import TimedSampler
 
 SAMPLERS: tuple[str, ...] = ("auto", *OPTUNA_SAMPLERS)
@@ -27,7 +28,7 @@ def make_sampler(name: str, *, seed: int, trials: int) -> BaseSampler:
     Raises :class:`~squeeze.spaces.SqueezeError` naming the allowed names when ``name`` is not one.
     """
     if name == "auto":
-        return TimedSampler(tpe(seed, trials), name="tpe")
+        return TimedSampler(tpe_independent(seed, trials), name="auto")
     try:
         factory = OPTUNA_SAMPLERS[name]
     except KeyError:

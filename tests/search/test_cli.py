@@ -143,7 +143,7 @@ def test_tiny_study_end_to_end_with_ctrl_c(tiny_study, tmp_path: Path, capfd) ->
     assert re.search(r"latency .*\d+ trials timed, \d+ took their network's earlier measurement", out), out
     assert [line for line in out.splitlines() if "trials complete" in line][0].split()[-2] == str(budget)
     sampler = [line for line in out.splitlines() if "sampler" in line]
-    assert sampler and re.search(r"(random|tpe|nsga2), \d+\.\d+ ms a trial \(\d+\.\d% of a", sampler[0]), out
+    assert sampler and re.search(r"(random|auto|tpe|nsga2), \d+\.\d+ ms a trial \(\d+\.\d% of a", sampler[0]), out
     code, out, _ = _cli(capfd, "pareto", "e2e", "--storage", url)
     assert code == 0 and "Pareto front" in out
     code, out, _ = _cli(capfd, "pareto", str(path), "--all")
@@ -177,7 +177,7 @@ def test_status_shows_the_references_beaten_in_an_auto_study(tiny_study, capfd) 
     study = optuna.load_study(study_name="opened", storage=f"sqlite:///{path.parent / 'studies.db'}")
     finished = [t for t in study.get_trials() if t.state.is_finished()]
     assert sum(1 for t in finished if "reference" in t.user_attrs) == 4
-    assert {t.user_attrs["sampler"] for t in finished} == {"tpe"}
+    assert {t.user_attrs["sampler"] for t in finished} == {"auto"}
     code, out, _ = _cli(capfd, "status", str(path))
     assert code == 0
     assert re.search(r"references beaten\s+│?\s*[0-4] of 4", out), out

@@ -32,18 +32,20 @@ def test_unknown_sampler_is_refused() -> None:
         make_sampler("cmaes", seed=0, trials=10)
 
 
-def test_auto_proposes_what_tpe_proposes() -> None:
-    # The default is plain TPE today (docs/samplers.md says why); its trials record who proposed them.
-    def run(name: str) -> list[optuna.trial.FrozenTrial]:
-        study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                    sampler=make_sampler(name, seed=3, trials=20))
+def test_auto_is_tpe_modelling_each_parameter_alone() -> None:
+    # The default (docs/samplers.md says why): Optuna's TPE, independent, seeded and sized as every sampler is.
+    def run(sampler: optuna.samplers.BaseSampler) -> list[optuna.trial.FrozenTrial]:
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
         study.enqueue_trial({f"p{i}": 3 for i in range(6)})
         study.optimize(_objective(params=6), n_trials=12)
         return study.get_trials()
 
-    auto, tpe = run("auto"), run("tpe")
-    assert [t.params for t in auto] == [t.params for t in tpe]
-    assert {t.user_attrs["sampler"] for t in auto} == {"tpe"}
+    auto = run(make_sampler("auto", seed=3, trials=20))
+    plain = run(optuna.samplers.TPESampler(seed=3, n_startup_trials=startup_trials(20), constant_liar=True))
+    joint = run(make_sampler("tpe", seed=3, trials=20))
+    assert [t.params for t in auto] == [t.params for t in plain]
+    assert [t.params for t in auto] != [t.params for t in joint]
+    assert {t.user_attrs["sampler"] for t in auto} == {"auto"}
 
 
 @pytest.mark.parametrize(("trials", "expected"), [(8, 5), (40, 10), (60, 15), (200, 20)])
