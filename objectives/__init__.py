@@ -8,8 +8,8 @@ from ._compress import PRUNERS, QUANTIZERS, CompressSpec
 from ._finalize import FinalizeSpec, accuracy_on_test, final_recipe, finalize_plan
 from ._evaluate import (CALIBRATION_SAMPLES, Judged, evaluate, latency_card, latency_key, recard, size_lower_bound,
                         teacher_artifact, time_artifact)
-from ._materialize import calibrate, free_models, int8_engine
-from ._memory import memory_available, memory_needed, weight_bytes
+from ._materialize import calibrate, int8_engine
+from ._memory import free_models, memory_available, memory_needed, weight_bytes
 from ._latency import CPU_CLASS_ENV, RUNTIMES, Latency, LatencySpec, cpu_class, cpu_model, measure
 from ._ort import LoadedOnnx, OrtModel, decode_onnx, deploy, load_onnx
 from ._task_registry import TaskData, TaskLoader, list_tasks, load_task, register_task, task_loader, unregister_task

@@ -52,7 +52,8 @@ from squeeze.spaces import (
 from ._compress import CompressSpec, channel_keep, weight_scales
 from ._evaluate import _arch, _io
 from ._artifact import encode
-from ._materialize import calibrate, fold_batchnorm, free_models, out_channels, remove_channels
+from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
+from ._memory import free_models
 from ._onnx import writer
 from ._ort import deploy
 from ._task_registry import TaskData
@@ -100,6 +101,16 @@ def try_plan(
     runtime: str = "torch",
 ) -> StepFailure | None:
     """Take ``plan`` through a trial's steps once, untrained; the first failure, or None when every step works."""
+    try:
+        return _attempt(plan, teacher=teacher, space=space, data=data, compress=compress, runtime=runtime)
+    finally:
+        free_models()  # here, once the attempt's own frame (and every model it held) is gone
+
+
+def _attempt(
+    plan: CompressionPlan, *, teacher: nn.Module, space: JointSpace, data: TaskData, compress: CompressSpec,
+    runtime: str,
+) -> StepFailure | None:
     family, options = space.family, space.options
     x, y = data.x_train[:SAMPLES], data.y_train[:SAMPLES]
     example, n, classes = x[:1], min(2, len(x)), data.num_classes
@@ -150,8 +161,6 @@ def try_plan(
                 _logits(deployed(x[:n]), n=n, num_classes=classes)
     except _Failed as failed:
         return failed.failure
-    finally:
-        free_models()
     return None
 
 

@@ -9,7 +9,6 @@ the weight scales the NNI quantizer trained.
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -144,16 +143,6 @@ def _forgetting_models() -> Iterator[None]:
         clear = getattr(fx_utils.assert_and_get_unique_device, "cache_clear", None)
         if clear is not None:
             clear()
-
-
-def free_models() -> None:
-    """Return the memory of the models a finished trial or check attempt left behind.
-
-    Their modules hold reference cycles (NNI's wrappers, FX graphs and their owners) that Python's
-    collector, which counts objects rather than bytes, can leave for many trials: on a large network
-    that is gigabytes a worker keeps for nothing. Call it between candidates, not inside one.
-    """
-    gc.collect()
 
 
 def _prepare(folded: fx.GraphModule, bits: Mapping[str, int], scales: Mapping[str, torch.Tensor], example: torch.Tensor) -> fx.GraphModule:
