@@ -7,7 +7,8 @@ distillation does; ``fold`` batch norm; ``quantize``: the study's NNI quantizer 
 (one step); ``materialize`` the artifact for the study's runtime; ``load`` it back from its bytes
 and run it. The first step that raises is the attempt's failure, with the library's message.
 
-:func:`check_teacher` attempts, in order:
+:func:`check_teacher` first takes out, without an attempt, the layers no quantizer can reach
+(:func:`unquantizable`), then attempts, in order:
 
 1. the teacher with every prunable group at the space's largest sparsity and every quantizable layer at
    its smallest integer bit-width, all at once; when that works, so does every part of it. Otherwise:
@@ -49,7 +50,7 @@ from squeeze.spaces import (
     runs_int8,
 )
 
-from ._compress import CompressSpec, channel_keep, weight_scales
+from ._compress import CompressSpec, channel_keep, quantizer_refuses, weight_scales
 from ._evaluate import _arch, _io
 from ._artifact import encode
 from ._materialize import calibrate, fold_batchnorm, out_channels, remove_channels
@@ -164,6 +165,35 @@ def _attempt(
     return None
 
 
+def unquantizable(teacher: nn.Module, layers: Sequence[str], *, example: torch.Tensor) -> dict[str, StepFailure]:
+    """The layers no quantizer can reach, known without an attempt, each with why.
+
+    Two kinds: a module class the quantizer has no setting for (its registry says so), and a layer
+    whose own forward never runs because the network reads its weight directly (Swin's attention
+    calls ``F.linear`` on ``qkv.weight``): a quantizer sees a layer only through its forward, as
+    calibration does. The teacher runs once, in eval mode, as a deployed model does (when it does not
+run, every layer counts as reached: the teacher's own attempt says why).
+    """
+    refused = {name: StepFailure("quantize", reason) for name, reason in quantizer_refuses(teacher, layers).items()}
+    reached: set[str] = set()
+    hooks = [teacher.get_submodule(name).register_forward_hook(lambda *_, name=name: reached.add(name))
+             for name in layers if name not in refused]
+    training = teacher.training
+    try:
+        teacher.eval()
+        with torch.no_grad():
+            teacher(example)
+    except Exception:  # noqa: BLE001 - the teacher's own attempt reports why it does not run
+        reached.update(layers)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        teacher.train(training)
+    unreached = StepFailure("quantize", "its forward never runs (the network reads its weight directly), "
+                                        "so no quantizer can see it")
+    return refused | {name: unreached for name in layers if name not in refused and name not in reached}
+
+
 def isolate(parts: Sequence[str], attempt_parts: Callable[[list[str]], StepFailure | None]) -> tuple[list[str], dict[str, StepFailure]]:
     """The parts that work together, and each part taken out with its failure.
 
@@ -250,6 +280,7 @@ def check_teacher(
     int_bits = min((b for b in space.spec.bits if runs_int8(b)), default=None)
     quantized_at = [b for b in (int_bits, 16) if b is not None and b in space.spec.bits]
     layers = list(space.quantizable) if quantized_at else []
+    found_layers = len(layers)
     removals: list[Removal] = []
     if space.spec.prune and largest > 0 and not groups:
         # A user's family remembers why its graph failed; tracing it again can take a minute (Swin).
@@ -265,6 +296,13 @@ def check_teacher(
 
     def quantized(part: list[str], bits: int) -> StepFailure | None:
         return run(CompressionPlan(bits=dict.fromkeys(part, bits)), f"quantizing {len(part)} layer(s) at {bits} bits")
+
+    # Layers no integer quantizer can reach, known without an attempt (the halving below would spend
+    # about two attempts a halving on each, and some networks have dozens).
+    if layers and int_bits is not None:
+        for layer, f in unquantizable(teacher, layers, example=data.x_train[:1]).items():
+            removals.append(Removal(f"bits.{layer}", f.step, f.reason))
+            layers.remove(layer)
 
     # Everything at once first: on a network where it all works, one attempt covers the teacher, every
     # group and every layer at the integer width. Otherwise the teacher alone, then each kind of part.
@@ -303,7 +341,7 @@ def check_teacher(
         students, built = students + len(choices), built + len(good)
         removals += [Removal(name, f.step, f.reason, choice=choices[name]) for name, f in failed.items()]
     return report(removals, students=students, students_built=built, groups=len(groups), groups_pruned=len(good_groups),
-                  layers=len(layers), layers_quantized=len(good_layers))
+                  layers=found_layers, layers_quantized=len(good_layers))
 
 
 def _extreme(choices: Sequence[Any], end: Callable[..., Any]) -> Any:

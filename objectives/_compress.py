@@ -9,14 +9,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from squeeze.spaces import SqueezeError, runs_int8
+from squeeze.spaces import SqueezeError, one_line, runs_int8
 
 TrainStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(model, x, y) -> loss``: one training loss, used by pruners and quantizers that train."""
@@ -236,6 +236,24 @@ def weight_scales(
             raise RuntimeError(f"the {method} quantizer calibrated {name} at {found.get('quant_bits')} bits, not {b}")
         scales[name] = found["scale"].detach().reshape(-1).float().clone()
     return scales
+
+
+def quantizer_refuses(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
+    """The layers of ``names`` NNI's quantizers have no setting for (a module class it does not know), with its message.
+
+    Read from NNI's registry of module classes, without quantizing anything: such a layer fails every
+    quantizer at every bit-width.
+    """
+    from nni.compression.base.setting import canonicalize_settings
+
+    config = {"target_names": ["weight"], "quant_dtype": "int8", "quant_scheme": "symmetric", "granularity": "out_channel"}
+    refused = {}
+    for name in names:
+        try:
+            canonicalize_settings(model.get_submodule(name), config, "quantization")
+        except AssertionError as exc:  # NNI asserts that a module class is registered
+            refused[name] = one_line(exc, limit=240)
+    return refused
 
 
 def _lsq_initial_scales(quantizer: Any) -> None:

@@ -150,3 +150,28 @@ class Branching(nn.Module):
 
 def make_branching(*, in_channels: int = 1, num_classes: int = 10, width: int = 8) -> nn.Module:
     return Branching(in_channels, num_classes, width)
+
+
+class Gate(nn.Linear):
+    """A linear layer of a class NNI's quantizers do not know (they look classes up by name)."""
+
+
+class Unreached(nn.Module):
+    """Two layers no quantizer can reach: ``gate`` is of a class NNI has no setting for, and ``mix``'s own
+    forward never runs (its weight is read directly, as Swin's attention reads ``qkv.weight``)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.mix = nn.Linear(width, width)
+        self.gate = Gate(width, width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x)).mean((2, 3))
+        x = torch.nn.functional.linear(x, self.mix.weight, self.mix.bias)
+        return self.head(torch.relu(self.gate(x)))
+
+
+def make_unreached(*, in_channels: int = 1, num_classes: int = 10, width: int = 8) -> nn.Module:
+    return Unreached(in_channels, num_classes, width)

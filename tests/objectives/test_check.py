@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from squeeze.objectives import CompressSpec, StepFailure, decode, isolate, load_task, teacher_artifact, try_plan
+from squeeze.objectives import (CompressSpec, StepFailure, check_teacher, decode, isolate, load_task, teacher_artifact,
+                                try_plan)
 from squeeze.spaces import CompressionPlan, JointSpace, SpaceSpec, family_named, get_family
 
 
@@ -54,6 +55,24 @@ def test_an_attempt_names_the_step_that_fails_and_the_library_s_message() -> Non
     assert quantized is not None and quantized.step == "load"
     assert quantized.reason == "ValueError: 'padding_mode' circular is not supported by quantized convolution"
     assert try_plan(CompressionPlan(sparsity={"b": 0.5}, bits={"a": 4, "c": 8}), **common) is None
+
+
+def test_layers_no_quantizer_reaches_are_taken_out_without_an_attempt() -> None:
+    teacher, space, data = _user_space("make_unreached", bits=(4, 8, 32), prune=False)
+    common = {"teacher": teacher, "space": space, "data": data, "compress": CompressSpec()}
+    # Each fails when attempted: the rule takes out what attempts would, for less.
+    for layer in ("gate", "mix"):
+        failure = try_plan(CompressionPlan(bits={layer: 8}), **common)
+        assert failure is not None and failure.step in {"quantize", "materialize"}, layer
+    report = check_teacher(teacher, space=space, data=data, compress=CompressSpec())
+    reasons = {r.parameter: r.reason for r in report.removals}
+    assert reasons == {
+        "bits.gate": "AssertionError: Gate is not registered, please register setting with QuantizationSetting.register().",
+        "bits.mix": "its forward never runs (the network reads its weight directly), so no quantizer can see it",
+    }
+    assert (report.layers, report.layers_quantized) == (4, 2)
+    assert report.attempts == 1, "the rest works at once: one attempt"
+    assert teacher.training is False
 
 
 class _Computed(nn.Module):
