@@ -36,7 +36,7 @@ import optuna
 import torch
 from squeeze.objectives import deploy, measure
 from squeeze.search import TrialAttr, hypervolume, load_spec, open_session, worker_seed
-from squeeze.search.samplers import startup_trials
+from squeeze.search.samplers import make_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,13 +66,12 @@ METHODS = ("random", "tpe", "nsga2", "gp", "auto", "tpe-half", "tpe-indep")
 VARIANTS = {
     # Candidates for the default, tried here before any enters the product: TPE that draws at random for half
     # the budget (not a quarter), and TPE that models each parameter alone (Optuna's default) rather than
-    # jointly; the second is what ``auto`` builds since the run that chose it.
+    # jointly; the second became ``auto`` after the run that chose it, and is built here as ``auto`` is.
     "tpe-half": lambda seed, trials: optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=trials // 2, multivariate=True, constant_liar=True),
-    "tpe-indep": lambda seed, trials: optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=startup_trials(trials), constant_liar=True),
+    "tpe-indep": lambda seed, trials: make_sampler("auto", seed=seed, trials=trials),
 }
-"""Samplers the product does not name: their studies record ``tpe`` as ``study.sampler`` and run with this one."""
+"""Candidates for the default: their studies record ``tpe`` as ``study.sampler`` and run with this sampler."""
 
 
 def _spec(args: argparse.Namespace, task: str, method: str, seed: int):

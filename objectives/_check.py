@@ -172,7 +172,7 @@ def unquantizable(teacher: nn.Module, layers: Sequence[str], *, example: torch.T
     whose own forward never runs because the network reads its weight directly (Swin's attention
     calls ``F.linear`` on ``qkv.weight``): a quantizer sees a layer only through its forward, as
     calibration does. The teacher runs once, in eval mode, as a deployed model does (when it does not
-run, every layer counts as reached: the teacher's own attempt says why).
+    run, every layer counts as reached: the teacher's own attempt says why).
     """
     refused = {name: StepFailure("quantize", reason) for name, reason in quantizer_refuses(teacher, layers).items()}
     reached: set[str] = set()
@@ -300,9 +300,9 @@ def check_teacher(
     # Layers no integer quantizer can reach, known without an attempt (the halving below would spend
     # about two attempts a halving on each, and some networks have dozens).
     if layers and int_bits is not None:
-        for layer, f in unquantizable(teacher, layers, example=data.x_train[:1]).items():
-            removals.append(Removal(f"bits.{layer}", f.step, f.reason))
-            layers.remove(layer)
+        unreachable = unquantizable(teacher, layers, example=data.x_train[:1])
+        removals += [Removal(f"bits.{layer}", f.step, f.reason) for layer, f in unreachable.items()]
+        layers = [layer for layer in layers if layer not in unreachable]
 
     # Everything at once first: on a network where it all works, one attempt covers the teacher, every
     # group and every layer at the integer width. Otherwise the teacher alone, then each kind of part.

@@ -190,6 +190,12 @@ def channel_keep(
     return keep
 
 
+def _weight_config(bits: int) -> dict[str, Any]:
+    """NNI's setting for a layer's weight at ``bits``: symmetric, one scale per output channel."""
+    return {"target_names": ["weight"], "quant_dtype": f"int{bits}", "quant_scheme": "symmetric",
+            "granularity": "out_channel"}
+
+
 def weight_scales(
     model: nn.Module,
     bits: Mapping[str, int],
@@ -211,16 +217,7 @@ def weight_scales(
     layers = {name: b for name, b in bits.items() if runs_int8(b)}
     if not layers:
         return {}
-    config = [
-        {
-            "op_names": [name],
-            "target_names": ["weight"],
-            "quant_dtype": f"int{b}",
-            "quant_scheme": "symmetric",
-            "granularity": "out_channel",
-        }
-        for name, b in layers.items()
-    ]
+    config = [{"op_names": [name], **_weight_config(b)} for name, b in layers.items()]
     post_training = method == "ptq"
     evaluator = _evaluator(model, step=None if post_training else step, data=data, lr=lr, example=example)
     cls = _nni_quantizers()[method]
@@ -246,11 +243,10 @@ def quantizer_refuses(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
     """
     from nni.compression.base.setting import canonicalize_settings
 
-    config = {"target_names": ["weight"], "quant_dtype": "int8", "quant_scheme": "symmetric", "granularity": "out_channel"}
     refused = {}
     for name in names:
         try:
-            canonicalize_settings(model.get_submodule(name), config, "quantization")
+            canonicalize_settings(model.get_submodule(name), _weight_config(8), "quantization")
         except AssertionError as exc:  # NNI asserts that a module class is registered
             refused[name] = one_line(exc, limit=240)
     return refused
