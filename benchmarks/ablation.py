@@ -16,8 +16,10 @@ Methods: ``random``, ``tpe``, ``nsga2``, ``gp`` and ``auto`` (the default), as `
 them. The earlier ``auto`` (uniform anchors, local moves of front points and of the references, a switch
 to NSGA-II) and its ablations (``auto-noanchors``, ``auto-nofront``, ``auto-norefs``, ``auto-noswitch``,
 ``tpe-anchors``) ran with this script as of commit 3b7ae2a; the ablation removed them from the product
-(``benchmarks/README.md``, "Sampler ablation across tasks"). Every task runs in the ``torch`` runtime
-(``latency.runtime=torch``), as the first digits rows did. Results go to ``--out/ablation.json`` (one
+(``benchmarks/README.md``, "Sampler ablation across tasks"). Every task but ``digits-ort`` runs in the
+``torch`` runtime (``latency.runtime=torch``), as the first digits rows did; ``digits-ort`` is the default
+study in its own runtime, ONNX Runtime, as a user runs it. Each row counts the study's repeated plans:
+completed trials whose plan an earlier trial had already judged. Results go to ``--out/ablation.json`` (one
 row a study) and a markdown table on stdout.
 """
 
@@ -41,8 +43,10 @@ from squeeze.search.samplers import make_sampler
 REPO = Path(__file__).resolve().parents[1]
 
 TASKS = {
-    # The default study, as a user runs it.
+    # The default study, timed in torch as the first rows were.
     "digits": {"file": REPO / "studies" / "digits.toml", "set": ["latency.runtime=torch"]},
+    # The default study as a user runs it: timed in its own runtime, ONNX Runtime.
+    "digits-ort": {"file": REPO / "studies" / "digits.toml", "set": []},
     # The search-quality benchmark's task: MNIST files, a 16-32-64 CNN.
     "mnist": {"file": REPO / "studies" / "digits.toml", "set": [
         "latency.runtime=torch", "task.dataset=mnist", "task.holdout=0.2", "task.options.limit=4000", "task.options.holdout_limit=1000",
@@ -94,7 +98,19 @@ def run_study(args: argparse.Namespace, task: str, method: str, seed: int) -> di
     points = session.points()
     return {"task": task, "method": method, "seed": seed, "trials": len(points),
             "minutes": round((time.perf_counter() - started) / 60, 2),
-            "hypervolume": hypervolume(points, teacher=session.teacher_figures)}
+            "hypervolume": hypervolume(points, teacher=session.teacher_figures),
+            "repeated_plans": repeated_plans(session.study)}
+
+
+def repeated_plans(study: optuna.Study) -> int:
+    """Completed trials whose plan an earlier completed trial of the study already had (judged again for nothing)."""
+    seen: set[str] = set()
+    repeats = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        plan = json.dumps(t.user_attrs.get(TrialAttr.PLAN), sort_keys=True)
+        repeats += plan in seen
+        seen.add(plan)
+    return repeats
 
 
 def retime(args: argparse.Namespace, task: str, seed: int, methods: list[str], rows: list[dict]) -> None:
@@ -129,8 +145,9 @@ def retime(args: argparse.Namespace, task: str, seed: int, methods: list[str], r
 
 def table(rows: list[dict]) -> str:
     """Markdown: per task and method, the mean retimed hypervolume, each seed's, and the study-timed mean."""
-    out = ["| task | method | mean HV (retimed) | per seed (retimed) | mean HV (own timing) | trials | minutes |",
-           "|---|---|---:|---|---:|---:|---:|"]
+    head = ("| task | method | mean HV (retimed) | per seed (retimed) | mean HV (own timing) | trials | repeated plans "
+            "| minutes |")
+    out = [head, "|---|---|---:|---|---:|---:|---:|---:|"]
     for task in dict.fromkeys(r["task"] for r in rows):
         for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
             mine = sorted((r for r in rows if r["task"] == task and r["method"] == method), key=lambda r: r["seed"])
@@ -138,8 +155,14 @@ def table(rows: list[dict]) -> str:
             out.append(f"| {task} | {method} | {statistics.mean(again):.4f} | "
                        f"{', '.join(f'{v:.4f}' for v in again)} | "
                        f"{statistics.mean(r['hypervolume'] for r in mine):.4f} | "
-                       f"{sum(r['trials'] for r in mine)} | {sum(r['minutes'] for r in mine):.1f} |")
+                       f"{sum(r['trials'] for r in mine)} | {_total(mine, 'repeated_plans')} | "
+                       f"{sum(r['minutes'] for r in mine):.1f} |")
     return "\n".join(out)
+
+
+def _total(rows: list[dict], key: str) -> str:
+    """The sum of ``key`` over rows, or a dash where a row (of an earlier version of this script) lacks it."""
+    return str(sum(r[key] for r in rows)) if all(key in r for r in rows) else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
