@@ -66,7 +66,7 @@ TASKS = {
         "compress.quantizer=ptq"]},
 }
 
-METHODS = ("random", "tpe", "nsga2", "gp", "auto", "tpe-half", "tpe-indep")
+METHODS = ("random", "tpe", "nsga2", "gp", "auto", "tpe-half", "tpe-indep", "auto-repeats")
 VARIANTS = {
     # Candidates for the default, tried here before any enters the product: TPE that draws at random for half
     # the budget (not a quarter), and TPE that models each parameter alone (Optuna's default) rather than
@@ -76,12 +76,18 @@ VARIANTS = {
     "tpe-indep": lambda seed, trials: make_sampler("auto", seed=seed, trials=trials),
 }
 """Candidates for the default: their studies record ``tpe`` as ``study.sampler`` and run with this sampler."""
+SETTINGS = {
+    # ``auto`` judging again the plans it proposes again (as before the worker skipped them): early stopping off,
+    # which on a task with no budgets in ``[objectives]`` (all of these) switches off only that skip.
+    "auto-repeats": ("auto", ["study.early_stop=false"]),
+}
+"""Methods that are a named sampler with study settings of their own: name -> (sampler, overrides)."""
 
 
 def _spec(args: argparse.Namespace, task: str, method: str, seed: int):
     name = f"{task}-{method}-s{seed}"
-    sampler = "tpe" if method in VARIANTS else method
-    overrides = [*TASKS[task]["set"], f"study.name={name}", f"study.sampler={sampler}", f"study.seed={seed}",
+    sampler, extra = SETTINGS.get(method, ("tpe" if method in VARIANTS else method, []))
+    overrides = [*TASKS[task]["set"], *extra, f"study.name={name}", f"study.sampler={sampler}", f"study.seed={seed}",
                  f"study.trials={args.trials or 40}", f"study.storage=sqlite:///{args.out / (name + '.db')}"]
     return load_spec(TASKS[task]["file"], overrides=overrides, data=None if task.startswith("digits") else args.data)
 

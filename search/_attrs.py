@@ -54,11 +54,13 @@ class TrialAttr:
     ERROR = "error"
     """Why a FAIL trial failed, one line."""
     STOPPED_EARLY = "stopped_early"
-    """Why a PRUNED trial was stopped before the end (a budget it could not meet)."""
+    """Why a PRUNED trial was stopped before the end (a budget it could not meet, or a plan judged already)."""
     STOPPED_AFTER_S = "stopped_after_s"
     """Seconds a stopped trial ran."""
     SAVED_S = "saved_s"
     """Seconds a stop saved against the median full trial."""
+    REPEAT_OF = "repeat_of"
+    """The completed trial that judged a stopped trial's plan already."""
 
     # Where the parameters came from.
     REFERENCE = "reference"

@@ -1,7 +1,7 @@
-"""Early stopping of trials that cannot meet the study's budgets.
+"""Early stopping of trials that cannot meet the study's budgets, or that would judge a plan again.
 
 Optuna does not prune multi-objective studies, and a trial here is the expensive part: so a plan
-that is known to break a budget stops as soon as that is known, and is recorded ``PRUNED`` with
+that is known to break a budget, or that the study has judged already, stops as soon as that is known, and is recorded ``PRUNED`` with
 the reason (``stopped_early``) and an estimate of the time it saved (``saved_s``: the median
 time of this worker's finished trials, less the time this one took). Stopped trials do not count
 against the budget of completed trials.
@@ -16,6 +16,12 @@ Stops are capped: a worker stops early at most ``FREE_STOPS`` trials more than i
 Samplers that learn only from completed trials (GP; NSGA-II's population) do not see a stopped
 trial, so they may propose the same hopeless region again and again; past the cap such trials run
 to the end, are recorded infeasible with measured values, and the sampler learns from them.
+
+- **A plan judged already, before training.** Every trial trains with the study's seed, so a plan that a
+  completed trial of the study already had gives the same artifact and the same figures: the trial would
+  spend its place in the budget for nothing. It stops (``repeat_of`` names that trial) and the sampler
+  proposes again. A worker skips at most ``REPEATS_SKIPPED`` such plans in a row and then judges the next
+  one: a space nearly spent does not stall the study.
 
 Latency is not checked before training: it is a measurement, noisy on a shared machine, and a
 stop on noise would throw away a trial that meets the budget.
@@ -45,6 +51,10 @@ FREE_STOPS = 10
 """How many more trials a worker may stop early than it has run to the end."""
 
 
+REPEATS_SKIPPED = 10
+"""How many plans judged already a worker skips in a row before it judges the next one anyway."""
+
+
 class StoppedEarly(optuna.TrialPruned):
     """The trial cannot meet a budget; ``attrs`` say why and what it saved."""
 
@@ -65,6 +75,7 @@ class EarlyStop:
         self._family = family
         self._durations: list[float] = []
         self.stopped = 0
+        self._repeats_in_a_row = 0
         gen = torch.Generator().manual_seed(spec.study.seed)
         sample = torch.randperm(len(data.x_train), generator=gen)[:SAMPLE]
         self._x, self._y = data.x_train[sample], data.y_train[sample]
@@ -85,6 +96,24 @@ class EarlyStop:
         if saved is not None:
             attrs[TrialAttr.SAVED_S] = round(saved, 3)
         return StoppedEarly(reason, attrs, constraints)
+
+    def repeated(self, study: optuna.Study, plan: CompressionPlan, *, started: float) -> None:
+        """Raise :class:`StoppedEarly` when a completed trial of ``study`` already judged ``plan``."""
+        if not self._spec.study.early_stop or self._repeats_in_a_row >= REPEATS_SKIPPED:
+            self._repeats_in_a_row = 0
+            return
+        wanted = plan.to_dict()
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get(TrialAttr.PLAN) == wanted:
+                self._repeats_in_a_row += 1
+                reason = f"repeat: trial {t.number} judged this plan already"
+                spent = time.perf_counter() - started
+                attrs = {TrialAttr.STOPPED_EARLY: reason, TrialAttr.STOPPED_AFTER_S: round(spent, 3),
+                         TrialAttr.REPEAT_OF: t.number}
+                if self._durations:
+                    attrs[TrialAttr.SAVED_S] = round(max(0.0, statistics.median(self._durations) - spent), 3)
+                raise StoppedEarly(reason, attrs, {})
+        self._repeats_in_a_row = 0
 
     def before_training(self, plan: CompressionPlan, *, started: float) -> None:
         """Raise :class:`StoppedEarly` when the plan's smallest possible artifact breaks ``max_size_kb``."""

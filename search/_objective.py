@@ -73,6 +73,7 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle,
         stoppable = TrialAttr.REFERENCE not in trial.user_attrs
         try:
             if stoppable:
+                early.repeated(trial.study, plan, started=started)
                 early.before_training(plan, started=started)
             judged = evaluate(
                 plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,

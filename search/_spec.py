@@ -40,7 +40,8 @@ class StudyOptions:
     (recorded PRUNED, with the reason and the time it saved): before training when the smallest
     artifact its plan allows is already over ``objectives.max_size_kb``; after distillation when
     its accuracy on a sample of the training data is more than ``early_stop_margin`` below
-    ``objectives.min_accuracy``. Held-out data is never used for this.
+    ``objectives.min_accuracy``. Held-out data is never used for this. A trial whose plan a completed
+    trial already judged stops before training too (same seed, same artifact).
     """
 
     name: str

@@ -241,3 +241,43 @@ def test_a_plan_drawn_twice_in_a_study_scores_the_same(tiny_study) -> None:
     assert first.params == second.params
     assert first.values == second.values
     assert first.user_attrs["artifact_sha256"] == second.user_attrs["artifact_sha256"]
+
+
+def test_a_plan_judged_already_stops_before_training_and_the_budget_goes_to_a_new_plan(tiny_study) -> None:
+    path = tiny_study(name="repeat", trials=2)
+    spec = load_spec(path)
+    ctx = _context.connect(spec, create=True)
+    params = _space(spec).uniform_params(sparsity=0.5, bits=4, width=0.5)
+    ctx.study.enqueue_trial(params)
+    ctx.study.enqueue_trial(params)
+    report = ss.run(spec)
+    assert report.budget_completed == 2
+    study = optuna.load_study(study_name="repeat", storage=spec.study.storage)
+    first, repeat, new = sorted(study.get_trials(), key=lambda t: t.number)
+    assert first.state == TrialState.COMPLETE and new.state == TrialState.COMPLETE
+    assert repeat.state == TrialState.PRUNED and repeat.params == first.params
+    assert repeat.user_attrs["repeat_of"] == first.number
+    assert repeat.user_attrs["stopped_early"].startswith("repeat:")
+    assert "timings_s" not in repeat.user_attrs, "nothing was trained"
+    assert new.user_attrs["plan"] != first.user_attrs["plan"], "the budget's second trial judged a new plan"
+    assert ss.status(str(path)).stopped_early == 1
+
+
+def test_plans_judged_already_are_skipped_at_most_a_few_in_a_row(tiny_study) -> None:
+    from squeeze.objectives import load_task
+    from squeeze.search._early import REPEATS_SKIPPED, EarlyStop, StoppedEarly
+    from squeeze.spaces import CompressionPlan, get_family
+
+    spec = load_spec(tiny_study(name="spent"))
+    data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
+    early = EarlyStop(spec, data=data, family=get_family("cnn"))
+    plan, other = CompressionPlan(bits={"conv": 4}), CompressionPlan(bits={"conv": 8})
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 1.0, 1.0], user_attrs={"plan": plan.to_dict()}))
+    early.repeated(study, other, started=0.0)  # a new plan is judged
+    for _ in range(REPEATS_SKIPPED):
+        with pytest.raises(StoppedEarly):
+            early.repeated(study, plan, started=0.0)
+    early.repeated(study, plan, started=0.0)  # a space nearly spent: this one is judged anyway
+    with pytest.raises(StoppedEarly):
+        early.repeated(study, plan, started=0.0)
