@@ -1,27 +1,27 @@
 """Early stopping of trials that cannot meet the study's budgets, or that would judge a plan again.
 
 Optuna does not prune multi-objective studies, and a trial here is the expensive part: so a plan
-that is known to break a budget, or that the study has judged already, stops as soon as that is known, and is recorded ``PRUNED`` with
-the reason (``stopped_early``) and an estimate of the time it saved (``saved_s``: the median
-time of this worker's finished trials, less the time this one took). Stopped trials do not count
-against the budget of completed trials.
+that is known to break a budget, or that the study has judged already, stops as soon as that is
+known, and is recorded ``PRUNED`` with the reason (``stopped_early``) and an estimate of the time
+it saved (``saved_s``: the median time of this worker's finished trials, less the time this one
+took). Stopped trials do not count against the budget of completed trials.
 
 - **Size, before training.** :func:`size_lower_bound` gives the bytes the plan's artifact cannot
   go below; above ``objectives.max_size_kb`` the trial stops before anything is trained.
 - **Accuracy, after distillation.** The distilled student's accuracy on a fixed sample of the
   *training* data (held-out data is never used inside a trial) is an optimistic estimate of what
   it will score; more than ``study.early_stop_margin`` below ``objectives.min_accuracy``, it stops.
-
-Stops are capped: a worker stops early at most ``FREE_STOPS`` trials more than it has finished.
-Samplers that learn only from completed trials (GP; NSGA-II's population) do not see a stopped
-trial, so they may propose the same hopeless region again and again; past the cap such trials run
-to the end, are recorded infeasible with measured values, and the sampler learns from them.
-
 - **A plan judged already, before training.** Every trial trains with the study's seed, so a plan that a
   completed trial of the study already had gives the same artifact and the same figures: the trial would
   spend its place in the budget for nothing. It stops (``repeat_of`` names that trial) and the sampler
   proposes again. A worker skips at most ``REPEATS_SKIPPED`` such plans in a row and then judges the next
   one: a space nearly spent does not stall the study.
+
+Stops for a budget are capped: a worker stops early at most ``FREE_STOPS`` trials more than it has
+finished.
+Samplers that learn only from completed trials (GP; NSGA-II's population) do not see a stopped
+trial, so they may propose the same hopeless region again and again; past the cap such trials run
+to the end, are recorded infeasible with measured values, and the sampler learns from them.
 
 Latency is not checked before training: it is a measurement, noisy on a shared machine, and a
 stop on noise would throw away a trial that meets the budget.
@@ -56,7 +56,7 @@ REPEATS_SKIPPED = 10
 
 
 class StoppedEarly(optuna.TrialPruned):
-    """The trial cannot meet a budget; ``attrs`` say why and what it saved."""
+    """The trial cannot meet a budget, or repeats a plan judged already; ``attrs`` say why and what it saved."""
 
     def __init__(self, reason: str, attrs: Mapping[str, Any], constraints: Mapping[str, float]) -> None:
         super().__init__(reason)
@@ -88,8 +88,10 @@ class EarlyStop:
         """Record a trial that ran to the end (the yardstick for the time saved)."""
         self._durations.append(seconds)
 
-    def _stop(self, reason: str, started: float, constraints: Mapping[str, float], **figures: float) -> StoppedEarly:
-        self.stopped += 1
+    def _stop(self, reason: str, started: float, constraints: Mapping[str, float], *, capped: bool = True,
+              **figures: float) -> StoppedEarly:
+        # A stop for a budget counts against ``FREE_STOPS``; a repeated plan does not (it has its own cap).
+        self.stopped += capped
         spent = time.perf_counter() - started
         saved = max(0.0, statistics.median(self._durations) - spent) if self._durations else None
         attrs = {TrialAttr.STOPPED_EARLY: reason, TrialAttr.STOPPED_AFTER_S: round(spent, 3), **figures}
@@ -106,13 +108,8 @@ class EarlyStop:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if t.user_attrs.get(TrialAttr.PLAN) == wanted:
                 self._repeats_in_a_row += 1
-                reason = f"repeat: trial {t.number} judged this plan already"
-                spent = time.perf_counter() - started
-                attrs = {TrialAttr.STOPPED_EARLY: reason, TrialAttr.STOPPED_AFTER_S: round(spent, 3),
-                         TrialAttr.REPEAT_OF: t.number}
-                if self._durations:
-                    attrs[TrialAttr.SAVED_S] = round(max(0.0, statistics.median(self._durations) - spent), 3)
-                raise StoppedEarly(reason, attrs, {})
+                raise self._stop(f"repeat: trial {t.number} judged this plan already", started, {}, capped=False,
+                                 repeat_of=t.number)
         self._repeats_in_a_row = 0
 
     def before_training(self, plan: CompressionPlan, *, started: float) -> None:
