@@ -14,7 +14,7 @@ took). Stopped trials do not count against the budget of completed trials.
 - **A plan judged already, before training.** Every trial trains with the study's seed, so a plan that a
   completed trial of the study already had gives the same artifact and the same figures: the trial would
   spend its place in the budget for nothing. It stops (``repeat_of`` names that trial) and the sampler
-  proposes again. A worker skips at most ``REPEATS_SKIPPED`` such plans in a row and then judges the next
+  proposes again. A plan that another worker's earlier trial is judging now stops the same way. A worker skips at most ``REPEATS_SKIPPED`` such plans in a row and then judges the next
   one: a space nearly spent does not stall the study.
 
 Stops for a budget are capped: a worker stops early at most ``FREE_STOPS`` trials more than it has
@@ -99,17 +99,28 @@ class EarlyStop:
             attrs[TrialAttr.SAVED_S] = round(saved, 3)
         return StoppedEarly(reason, attrs, constraints)
 
-    def repeated(self, study: optuna.Study, plan: CompressionPlan, *, started: float) -> None:
-        """Raise :class:`StoppedEarly` when a completed trial of ``study`` already judged ``plan``."""
+    def repeated(self, study: optuna.Study, plan: CompressionPlan, *, number: int, started: float) -> None:
+        """Raise :class:`StoppedEarly` when a trial of ``study`` judged ``plan`` already, or is judging it.
+
+        A running trial counts when its number is lower than ``number`` (this trial's): of two workers that
+        drew one plan at once, the later trial stops and the earlier judges it.
+        """
         if not self._spec.study.early_stop or self._repeats_in_a_row >= REPEATS_SKIPPED:
             self._repeats_in_a_row = 0
             return
         wanted = plan.to_dict()
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.user_attrs.get(TrialAttr.PLAN) == wanted:
-                self._repeats_in_a_row += 1
-                raise self._stop(f"repeat: trial {t.number} judged this plan already", started, {}, capped=False,
-                                 repeat_of=t.number)
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        for t in study.get_trials(deepcopy=False, states=states):
+            if t.user_attrs.get(TrialAttr.PLAN) != wanted:
+                continue
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                reason = f"repeat: trial {t.number} judged this plan already"
+            elif t.number < number:
+                reason = f"repeat: trial {t.number} is judging this plan"
+            else:
+                continue
+            self._repeats_in_a_row += 1
+            raise self._stop(reason, started, {}, capped=False, repeat_of=t.number)
         self._repeats_in_a_row = 0
 
     def before_training(self, plan: CompressionPlan, *, started: float) -> None:

@@ -67,13 +67,14 @@ def network_objective(ctx: Context, *, data: TaskData, teacher: TeacherBundle,
         # The space as the study's check and its fences (from any worker) leave it now.
         space = spaces.current(trial.study)
         params = space.suggest(trial)
-        write_params(trial)  # a retry after this worker dies runs the same plan
         plan = space.plan_for(params, in_channels=data.in_channels, num_classes=data.num_classes)
+        trial.set_user_attr(TrialAttr.PLAN, plan.to_dict())  # other workers see the plan being judged
+        write_params(trial)  # a retry after this worker dies runs the same plan
         # A reference is the yardstick a front is compared with, so it is always measured to the end.
         stoppable = TrialAttr.REFERENCE not in trial.user_attrs
         try:
             if stoppable:
-                early.repeated(trial.study, plan, started=started)
+                early.repeated(trial.study, plan, number=trial.number, started=started)
                 early.before_training(plan, started=started)
             judged = evaluate(
                 plan, teacher=teacher.model, teacher_deployed=teacher.deployed, family=family,

@@ -274,10 +274,31 @@ def test_plans_judged_already_are_skipped_at_most_a_few_in_a_row(tiny_study) -> 
     plan, other = CompressionPlan(bits={"conv": 4}), CompressionPlan(bits={"conv": 8})
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     study.add_trial(optuna.trial.create_trial(values=[0.9, 1.0, 1.0], user_attrs={"plan": plan.to_dict()}))
-    early.repeated(study, other, started=0.0)  # a new plan is judged
+    early.repeated(study, other, number=1, started=0.0)  # a new plan is judged
     for _ in range(REPEATS_SKIPPED):
         with pytest.raises(StoppedEarly):
-            early.repeated(study, plan, started=0.0)
-    early.repeated(study, plan, started=0.0)  # a space nearly spent: this one is judged anyway
+            early.repeated(study, plan, number=1, started=0.0)
+    early.repeated(study, plan, number=1, started=0.0)  # a space nearly spent: this one is judged anyway
     with pytest.raises(StoppedEarly):
-        early.repeated(study, plan, started=0.0)
+        early.repeated(study, plan, number=1, started=0.0)
+
+
+def test_of_two_workers_judging_one_plan_at_once_the_later_trial_stops(tiny_study) -> None:
+    from squeeze.objectives import load_task
+    from squeeze.search._early import EarlyStop, StoppedEarly
+    from squeeze.spaces import CompressionPlan, get_family
+
+    spec = load_spec(tiny_study(name="together"))
+    data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
+    early = EarlyStop(spec, data=data, family=get_family("cnn"))
+    plan = CompressionPlan(bits={"conv": 4})
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    running = study.ask()  # another worker's trial, judging the plan now
+    running.set_user_attr("plan", plan.to_dict())
+    with pytest.raises(StoppedEarly) as stop:
+        early.repeated(study, plan, number=running.number + 1, started=0.0)
+    assert stop.value.attrs["repeat_of"] == running.number
+    assert "is judging" in stop.value.attrs["stopped_early"]
+    early.repeated(study, plan, number=running.number - 1, started=0.0)  # the earlier trial judges it
+    study.tell(running, state=TrialState.FAIL)
+    early.repeated(study, plan, number=running.number + 1, started=0.0)  # a failed trial judged nothing
