@@ -60,7 +60,7 @@ class TrialAttr:
     SAVED_S = "saved_s"
     """Seconds a stop saved against the median full trial."""
     REPEAT_OF = "repeat_of"
-    """The completed trial that judged a stopped trial's plan already."""
+    """The trial that judged a stopped trial's plan already, or (another worker's) was judging it."""
 
     # Where the parameters came from.
     REFERENCE = "reference"

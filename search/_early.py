@@ -14,8 +14,9 @@ took). Stopped trials do not count against the budget of completed trials.
 - **A plan judged already, before training.** Every trial trains with the study's seed, so a plan that a
   completed trial of the study already had gives the same artifact and the same figures: the trial would
   spend its place in the budget for nothing. It stops (``repeat_of`` names that trial) and the sampler
-  proposes again. A plan that another worker's earlier trial is judging now stops the same way. A worker skips at most ``REPEATS_SKIPPED`` such plans in a row and then judges the next
-  one: a space nearly spent does not stall the study.
+  proposes again. A plan that another worker's earlier trial is judging now stops the same way. A
+  worker skips at most ``REPEATS_SKIPPED`` such plans in a row and then judges the next one: a space
+  nearly spent does not stall the study.
 
 Stops for a budget are capped: a worker stops early at most ``FREE_STOPS`` trials more than it has
 finished.

@@ -41,7 +41,8 @@ class StudyOptions:
     artifact its plan allows is already over ``objectives.max_size_kb``; after distillation when
     its accuracy on a sample of the training data is more than ``early_stop_margin`` below
     ``objectives.min_accuracy``. Held-out data is never used for this. A trial whose plan a completed
-    trial already judged stops before training too (same seed, same artifact).
+    trial already judged, or another worker's earlier trial is judging, stops before training too (same
+    seed, same artifact).
     """
 
     name: str

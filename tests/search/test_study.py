@@ -263,14 +263,21 @@ def test_a_plan_judged_already_stops_before_training_and_the_budget_goes_to_a_ne
     assert ss.status(str(path)).stopped_early == 1
 
 
-def test_plans_judged_already_are_skipped_at_most_a_few_in_a_row(tiny_study) -> None:
+def _early_stop(path):
+    """A worker's early-stopping rules for the study file at ``path``, on the digits data."""
     from squeeze.objectives import load_task
-    from squeeze.search._early import REPEATS_SKIPPED, EarlyStop, StoppedEarly
-    from squeeze.spaces import CompressionPlan, get_family
+    from squeeze.search._early import EarlyStop
+    from squeeze.spaces import get_family
 
-    spec = load_spec(tiny_study(name="spent"))
     data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
-    early = EarlyStop(spec, data=data, family=get_family("cnn"))
+    return EarlyStop(load_spec(path), data=data, family=get_family("cnn"))
+
+
+def test_plans_judged_already_are_skipped_at_most_a_few_in_a_row(tiny_study) -> None:
+    from squeeze.search._early import REPEATS_SKIPPED, StoppedEarly
+    from squeeze.spaces import CompressionPlan
+
+    early = _early_stop(tiny_study(name="spent"))
     plan, other = CompressionPlan(bits={"conv": 4}), CompressionPlan(bits={"conv": 8})
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     study.add_trial(optuna.trial.create_trial(values=[0.9, 1.0, 1.0], user_attrs={"plan": plan.to_dict()}))
@@ -284,13 +291,10 @@ def test_plans_judged_already_are_skipped_at_most_a_few_in_a_row(tiny_study) -> 
 
 
 def test_of_two_workers_judging_one_plan_at_once_the_later_trial_stops(tiny_study) -> None:
-    from squeeze.objectives import load_task
-    from squeeze.search._early import EarlyStop, StoppedEarly
-    from squeeze.spaces import CompressionPlan, get_family
+    from squeeze.search._early import StoppedEarly
+    from squeeze.spaces import CompressionPlan
 
-    spec = load_spec(tiny_study(name="together"))
-    data = load_task("digits", options={}, seed=0, holdout=0.3, data_dir=None)
-    early = EarlyStop(spec, data=data, family=get_family("cnn"))
+    early = _early_stop(tiny_study(name="together"))
     plan = CompressionPlan(bits={"conv": 4})
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     running = study.ask()  # another worker's trial, judging the plan now
